@@ -1,0 +1,143 @@
+"""The client harness for scenarios, tests and the CLI: timeouts, retries, readiness, stats.
+
+`Client` wraps httpx with a timeout and retries on connection errors; `wait_until` is the one
+way to wait for something (a deadline, never a fixed sleep); `LatencyStats` summarises
+latencies; `print_table` shows a scenario's observations.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+# Known iris rows (sepal length, sepal width, petal length, petal width) and their class.
+IRIS_ROWS: list[tuple[list[float], int]] = [
+    ([5.1, 3.5, 1.4, 0.2], 0),
+    ([7.0, 3.2, 4.7, 1.4], 1),
+    ([6.3, 3.3, 6.0, 2.5], 2),
+]
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not hold before its deadline."""
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Call `check` until it returns a truthy value, or raise WaitTimeout at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"{what} did not happen within {timeout:.1f}s (last: {last!r})")
+        time.sleep(interval)
+
+
+class Client:
+    """A small synchronous HTTP client: base URL, timeout, retries on connection errors."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0, retries: int = 2) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def timed(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
+        """(response, milliseconds) for one request."""
+        start = time.perf_counter()
+        resp = self.request(method, path, **kwargs)
+        return resp, (time.perf_counter() - start) * 1000
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.get("/stats").raise_for_status().json()
+        return data
+
+    def wait_ready(self, path: str = "/ready", timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            try:
+                return self.http.get(path, timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, what=f"{self.base_url}{path} returning 200")
+
+
+@dataclass
+class LatencyStats:
+    """Latencies in milliseconds and their summary."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, ms: float) -> None:
+        self.samples.append(ms)
+
+    def percentile(self, q: float) -> float:
+        if not self.samples:
+            return float("nan")
+        ordered = sorted(self.samples)
+        index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+        return ordered[index]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "n": len(self.samples),
+            "mean_ms": round(statistics.fmean(self.samples), 2) if self.samples else float("nan"),
+            "p50_ms": round(self.percentile(50), 2),
+            "p99_ms": round(self.percentile(99), 2),
+        }
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(nothing observed)"
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, rule, *body])
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    print(format_table(rows), flush=True)

@@ -1,0 +1,64 @@
+"""Fault injection: deterministic slowness and failures for tests and demos.
+
+`DELAY_MS` adds an `await asyncio.sleep` per call; `FAIL_MODE` takes `none`, `always`,
+`first_n:N` (the first N calls fail) or `rate:P` (each call fails with probability P). Patterns
+that are about failure (timeouts, breakers, retries) are proven with these knobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+
+class InjectedFault(RuntimeError):
+    """Raised by `Faults.check` when FAIL_MODE says this call fails."""
+
+
+@dataclass
+class Faults:
+    delay_ms: int = 0
+    mode: str = "none"
+    threshold: float = 0.0
+    calls: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    @classmethod
+    def parse(cls, fail_mode: str, delay_ms: int = 0) -> Faults:
+        """Parse FAIL_MODE; a malformed value is a ValueError naming the accepted forms."""
+        text = (fail_mode or "none").strip().lower()
+        name, _, arg = text.partition(":")
+        try:
+            if name in ("none", "always") and not arg:
+                return cls(delay_ms=delay_ms, mode=name)
+            if name == "first_n" and int(arg) >= 0:
+                return cls(delay_ms=delay_ms, mode=name, threshold=int(arg))
+            if name == "rate" and 0.0 <= float(arg) <= 1.0:
+                return cls(delay_ms=delay_ms, mode=name, threshold=float(arg))
+        except ValueError:
+            pass
+        raise ValueError(
+            f"FAIL_MODE={fail_mode!r} is not one of: none, always, first_n:N, rate:P (0<=P<=1)"
+        )
+
+    def should_fail(self) -> bool:
+        """Count one call and say whether it fails."""
+        self.calls += 1
+        if self.mode == "always":
+            return True
+        if self.mode == "first_n":
+            return self.calls <= self.threshold
+        if self.mode == "rate":
+            return self._rng.random() < self.threshold
+        return False
+
+    def check(self) -> None:
+        if self.should_fail():
+            raise InjectedFault(f"injected failure ({self.mode}, call {self.calls})")
+
+    async def apply(self) -> None:
+        """Sleep DELAY_MS, then fail if FAIL_MODE says so (async services)."""
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
+        self.check()

@@ -1,0 +1,224 @@
+"""Model artifacts: train with scikit-learn, export to ONNX, serve with onnxruntime.
+
+Training (`train_model`) is the only place that imports scikit-learn; it writes `model.onnx`
+and a `manifest.json` beside it (name, version, metrics, data hash, library versions, input
+schema, sha256 of the file). Serving code loads the pair with `OnnxModel`, which verifies the
+sha256 and predicts with onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+DATASETS = ("iris", "wine", "breast_cancer", "digits")
+
+# name -> (dataset, estimator kind); every variant is a StandardScaler + classifier pipeline.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "iris_lr": ("iris", "lr"),
+    "iris_rf": ("iris", "rf"),
+    "iris_heavy": ("iris", "heavy_rf"),
+    "wine_lr": ("wine", "lr"),
+    "breast_cancer_lr": ("breast_cancer", "lr"),
+}
+
+
+class ModelError(RuntimeError):
+    """A model artifact is missing, unreadable or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """A dataset bundled with scikit-learn: X (float32), y, feature names, class names."""
+    from sklearn import datasets
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    bunch = getattr(datasets, f"load_{name}")()
+    features = [str(f) for f in getattr(bunch, "feature_names", range(bunch.data.shape[1]))]
+    classes = [str(c) for c in bunch.target_names]
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64), features, classes
+
+
+def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(X).tobytes() + y.tobytes()).hexdigest()
+
+
+def build_pipeline(kind: str, seed: int) -> Any:
+    """The scikit-learn pipeline for an estimator kind (`lr`, `rf`, `heavy_rf`)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    estimators: dict[str, Any] = {
+        "lr": lambda: LogisticRegression(max_iter=1000, random_state=seed),
+        "rf": lambda: RandomForestClassifier(n_estimators=50, max_depth=6, random_state=seed),
+        "heavy_rf": lambda: RandomForestClassifier(n_estimators=300, random_state=seed),
+    }
+    if kind not in estimators:
+        raise ValueError(f"unknown estimator kind {kind!r}; choose one of {', '.join(estimators)}")
+    return Pipeline([("scaler", StandardScaler()), ("clf", estimators[kind]())])
+
+
+def export_onnx(estimator: Any, n_features: int) -> bytes:
+    """Serialise a fitted classifier to ONNX with plain `label` and `probabilities` outputs."""
+    from skl2onnx import to_onnx
+
+    sample = np.zeros((1, n_features), dtype=np.float32)
+    onx = to_onnx(estimator, sample, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    return bytes(onx.SerializeToString())
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for pkg in ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy"):
+        try:
+            found[pkg] = pkg_version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            continue
+    return found
+
+
+def train_model(
+    name: str,
+    out_dir: str | Path,
+    version: str = "1.0.0",
+    seed: int = 42,
+    test_size: float = 0.3,
+) -> dict[str, Any]:
+    """Train the variant `name`, write `model.onnx` + `manifest.json` to `out_dir`, return it."""
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import train_test_split
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    dataset, kind = VARIANTS[name]
+    X, y, features, classes = load_dataset(dataset)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=test_size, random_state=seed, stratify=y
+    )
+    pipeline = build_pipeline(kind, seed).fit(X_train, y_train)
+    accuracy = float(accuracy_score(y_test, pipeline.predict(X_test)))
+    return write_artifact(
+        pipeline,
+        out_dir,
+        name=name,
+        version=version,
+        features=features,
+        classes=classes,
+        metrics={"accuracy": round(accuracy, 4), "n_train": len(y_train), "n_test": len(y_test)},
+        extra={"dataset": dataset, "estimator": kind, "seed": seed, "data_hash": data_hash(X, y)},
+    )
+
+
+def write_artifact(
+    estimator: Any,
+    out_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    features: list[str],
+    classes: list[str],
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export a fitted estimator to `out_dir/model.onnx` and write its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    tmp = model_path.with_suffix(".onnx.tmp")
+    tmp.write_bytes(export_onnx(estimator, len(features)))
+    tmp.replace(model_path)
+    manifest: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": metrics,
+        "input_schema": {"n_features": len(features), "features": features, "dtype": "float32"},
+        "classes": classes,
+        "libraries": library_versions(),
+        "file": MODEL_FILE,
+        "sha256": sha256_file(model_path),
+        **(extra or {}),
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray  # (n,) int64
+    probabilities: np.ndarray  # (n, n_classes) float32
+
+
+class OnnxModel:
+    """An ONNX classifier plus its manifest, checked against the manifest's sha256."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        model_path, manifest_path = resolve_artifact(path)
+        if not manifest_path.is_file():
+            raise ModelError(f"no {MANIFEST_FILE} beside {model_path}")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"unreadable manifest {manifest_path}: {exc}") from exc
+        actual = sha256_file(model_path)
+        if actual != self.manifest.get("sha256"):
+            raise ModelError(
+                f"sha256 mismatch for {model_path}: manifest says "
+                f"{self.manifest.get('sha256')}, file is {actual}"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = model_path
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.manifest["input_schema"]["n_features"])
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        labels, probabilities = self.session.run(None, {self.input_name: X})
+        return Prediction(labels=labels, probabilities=probabilities)
+
+
+def resolve_artifact(path: str | Path) -> tuple[Path, Path]:
+    """(model file, manifest file) for a model directory or a path to its `.onnx` file."""
+    p = Path(path)
+    model_path = p / MODEL_FILE if p.is_dir() else p
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    return model_path, model_path.with_name(MANIFEST_FILE)

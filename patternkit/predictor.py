@@ -1,0 +1,125 @@
+"""The template predictor: one ONNX model behind `POST /predict`, reused by most patterns.
+
+`create_app()` reads `PredictorSettings` (MODEL_PATH, INSTANCE_NAME, DELAY_MS, FAIL_MODE, ...),
+loads the model in the lifespan (503 on /ready until then) and serves
+`{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`.
+Patterns that need another model-backed endpoint reuse `add_predict_route`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from patternkit.faults import Faults, InjectedFault
+from patternkit.models import OnnxModel
+from patternkit.schemas import PredictRequest, PredictResponse
+from patternkit.service import (
+    ApiError,
+    ServiceState,
+    create_service,
+    json_response,
+    request_id,
+    validation_error,
+)
+from patternkit.settings import PredictorSettings
+
+log = logging.getLogger("patternkit.predictor")
+
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+}
+
+
+def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray, str | None]:
+    """Validate a predict body: JSON shape, finite numbers, row width, batch size."""
+    try:
+        req = PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    if len(req.data) > max_rows:
+        raise ApiError(
+            413, f"batch of {len(req.data)} rows exceeds the limit of {max_rows} (MAX_BATCH_ROWS)"
+        )
+    for i, row in enumerate(req.data):
+        if len(row) != n_features:
+            raise ApiError(
+                422,
+                f"body.data.{i}: expected {n_features} features, got {len(row)}",
+                "validation_error",
+                [{"loc": f"body.data.{i}", "msg": f"expected {n_features} features"}],
+            )
+    return np.asarray(req.data, dtype=np.float32), req.request_id
+
+
+def add_predict_route(
+    app: FastAPI,
+    state: ServiceState,
+    get_model: Callable[[], OnnxModel | None],
+    faults: Faults,
+    max_rows: int,
+    path: str = "/predict",
+) -> None:
+    """Register the shared `/predict` endpoint on `app` for whatever model `get_model` gives."""
+
+    @app.post(
+        path,
+        tags=["predict"],
+        response_model=PredictResponse,
+        openapi_extra=PREDICT_OPENAPI,
+        responses={413: {"description": "body or batch too large"}, 422: {}, 503: {}},
+    )
+    async def predict(request: Request) -> Response:
+        model = get_model()
+        if model is None:
+            raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
+        X, rid = parse_batch(await request.body(), model.n_features, max_rows)
+        try:
+            await faults.apply()
+        except InjectedFault as exc:
+            raise ApiError(500, str(exc), "injected_fault") from None
+        out = model.predict(X)
+        return json_response(
+            {
+                "prediction": out.labels,
+                "probabilities": out.probabilities,
+                "model": model.name,
+                "version": model.version,
+                "served_by": state.served_by,
+                "request_id": rid or request_id(request),
+            }
+        )
+
+
+def create_app(settings: PredictorSettings | None = None) -> FastAPI:
+    """The template predictor app (uvicorn --factory patternkit.predictor:create_app)."""
+    cfg = settings or PredictorSettings()  # type: ignore[call-arg]
+    faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+    holder: dict[str, OnnxModel] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+        if cfg.load_delay_ms:
+            await asyncio.sleep(cfg.load_delay_ms / 1000)
+        holder["model"] = model
+        state.model_version = model.version
+        state.metadata.update(model=model.manifest, model_path=str(model.path))
+        log.info("loaded model %s %s from %s", model.name, model.version, model.path)
+        yield
+
+    app = create_service(cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan)
+    state: ServiceState = app.state.service
+    add_predict_route(app, state, lambda: holder.get("model"), faults, cfg.max_batch_rows)
+    return app

@@ -1,0 +1,38 @@
+"""The request and response bodies every predictor speaks.
+
+`{"data": [[f1, f2, f3, f4], ...], "request_id"?}` in, labels and probabilities out. Numbers
+must be finite: NaN and infinity are refused by the schema, row width and batch size by the
+predictor, which knows its model's input schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Row = Annotated[list[FiniteFloat], Field(min_length=1)]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[Row] = Field(..., min_length=1, description="rows of feature values")
+    request_id: str | None = Field(None, max_length=128)
+
+
+class PredictResponse(BaseModel):
+    prediction: list[int]
+    probabilities: list[list[float]]
+    model: str
+    version: str
+    served_by: str
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(..., description="machine-readable error code")
+    message: str = Field(..., description="what was wrong, for a human")
+    details: list[dict[str, Any]] = Field(default_factory=list)
+    request_id: str | None = None

@@ -1,0 +1,373 @@
+"""The service scaffold every HTTP process of every pattern is built from.
+
+`create_service` returns a FastAPI app with the operational surface users expect of a serving
+framework: `/health` (live), `/ready` (503 until the lifespan has loaded what it needs),
+`/metadata`, `/metrics` (Prometheus), `/stats` (hits and peak concurrency, so tests can prove
+whether a backend was contacted), `X-Request-ID` / `X-Served-By` / `X-Model-Version` headers,
+one JSON error shape for every 4xx/5xx, and a request body limit (413, refused unbuffered).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from patternkit.settings import ServiceSettings
+
+log = logging.getLogger("patternkit.service")
+
+OPS_PATHS = frozenset({"/health", "/ready", "/metadata", "/metrics", "/stats"})
+STATUS_ERRORS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request to answer with the uniform JSON error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error or STATUS_ERRORS.get(status, "error")
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        seen = f"{size} bytes" if size is not None else "more"
+        super().__init__(
+            413, f"request body of {seen} exceeds the limit of {limit} bytes (MAX_BODY_BYTES)"
+        )
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response serialised with orjson (numpy arrays allowed)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    error: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "error": error or STATUS_ERRORS.get(status, "error"),
+        "message": message,
+        "details": details or [],
+        "request_id": request_id,
+    }
+    return json_response(body, status, headers)
+
+
+class ServiceState:
+    """Mutable, per-app facts: readiness, model version, metadata, counters and metrics."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.served_by = settings.served_by
+        self.ready = False
+        self.metadata: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {}
+        self.hits = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._version: str | None = None
+        self.version_header: tuple[bytes, bytes] | None = None
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.in_flight_gauge = Gauge(
+            "http_requests_in_flight", "requests being served", registry=self.registry
+        )
+
+    @property
+    def model_version(self) -> str | None:
+        return self._version
+
+    @model_version.setter
+    def model_version(self, version: str | None) -> None:
+        self._version = version
+        self.version_header = (b"x-model-version", version.encode()) if version else None
+
+
+def request_id(request: Request) -> str | None:
+    """The id the middleware gave this request (taken from X-Request-ID or generated)."""
+    rid = request.scope.get("patternkit.request_id")
+    return str(rid) if rid else None
+
+
+def service_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+class ServiceMiddleware:
+    """Pure ASGI middleware: ids, identity headers, body limit, hits, concurrency, metrics."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+        self.limit = state.settings.max_body_bytes
+        self.served_by = (b"x-served-by", state.served_by.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        rid: str | None = None
+        length: int | None = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")[:128]
+            elif key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+        rid = rid or uuid.uuid4().hex
+        scope["patternkit.request_id"] = rid
+        extra = [(b"x-request-id", rid.encode("latin-1")), self.served_by]
+        if state.version_header:
+            extra.append(state.version_header)
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                # a proxy passes its backend's identity through; add ours only when absent
+                if any(k == b"x-served-by" for k, _ in headers):
+                    headers.append(extra[0])
+                else:
+                    headers.extend(extra)
+                message["headers"] = headers
+            await send(message)
+
+        path = scope["path"]
+        counted = path not in OPS_PATHS
+        if counted:
+            state.hits += 1
+            state.in_flight += 1
+            state.in_flight_gauge.inc()
+            if state.in_flight > state.max_in_flight:
+                state.max_in_flight = state.in_flight
+        start = time.perf_counter()
+        try:
+            if length is not None and length > self.limit:
+                err = BodyTooLarge(self.limit, length)
+                await error_response(413, err.message, request_id=rid)(scope, receive, send_wrapper)
+            elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                await self.app(scope, self._limited(receive), send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            if counted:
+                state.in_flight -= 1
+                state.in_flight_gauge.dec()
+            route = scope.get("route")
+            label = getattr(route, "path", None) or ("unmatched" if status == 404 else path)
+            method = scope["method"]
+            state.requests.labels(method, label, str(status)).inc()
+            state.latency.labels(method, label).observe(time.perf_counter() - start)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count a body sent without Content-Length and stop reading it past the limit."""
+        seen = 0
+        limit = self.limit
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return limited_receive
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as `{"error", "message", "details", "request_id"}`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(
+            exc.status, exc.message, exc.error, exc.details, request_id(request), exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        details = [
+            {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": "body", "msg": "invalid request"}
+        message = f"{first['loc']}: {first['msg']}" if first["loc"] else first["msg"]
+        return error_response(422, message, "validation_error", details, request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(
+            exc.status_code, str(exc.detail), request_id=request_id(request),
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, f"internal error: {type(exc).__name__}", request_id=request_id(request)
+        )
+
+
+def validation_error(exc: ValidationError, prefix: str = "body") -> RequestValidationError:
+    """Turn a pydantic ValidationError (e.g. from model_validate_json) into FastAPI's 422."""
+    errors = []
+    for e in exc.errors(include_url=False):
+        loc = (prefix, *e["loc"]) if e["type"] != "json_invalid" else (prefix,)
+        errors.append({**e, "loc": loc})
+    return RequestValidationError(errors)
+
+
+Lifespan = Callable[[FastAPI, ServiceState], AbstractAsyncContextManager[None]]
+
+
+def create_service(
+    settings: ServiceSettings,
+    *,
+    title: str | None = None,
+    lifespan: Lifespan | None = None,
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app with the scaffold installed; `lifespan` loads what the service needs.
+
+    The service turns ready when `lifespan` has entered (set `state.ready` yourself and
+    `state.metadata["defer_ready"] = True` to turn ready later) and unready at shutdown.
+    """
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def scaffold_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s [" + state.served_by + "] %(message)s",
+        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
+        if lifespan is None:
+            state.ready = True
+            log.info("%s ready", state.served_by)
+            yield
+        else:
+            async with lifespan(app, state):
+                if not state.metadata.pop("defer_ready", False):
+                    state.ready = True
+                log.info("%s started (ready=%s)", state.served_by, state.ready)
+                yield
+        state.ready = False
+        log.info("%s shutting down", state.served_by)
+
+    app = FastAPI(title=title or settings.service_name, version=version, lifespan=scaffold_lifespan)
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, state=state)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> Response:
+        return json_response({"status": "ok", "served_by": state.served_by})
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> Response:
+        if not state.ready:
+            return error_response(503, f"{state.served_by} is not ready", "not_ready")
+        return json_response({"status": "ready", "served_by": state.served_by})
+
+    @app.get("/metadata", tags=["ops"])
+    async def metadata() -> Response:
+        return json_response(
+            {
+                "service": state.name,
+                "served_by": state.served_by,
+                "ready": state.ready,
+                "model_version": state.model_version,
+                **state.metadata,
+            }
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/stats", tags=["ops"])
+    async def stats() -> Response:
+        return json_response(
+            {
+                "served_by": state.served_by,
+                "hits": state.hits,
+                "in_flight": state.in_flight,
+                "max_in_flight": state.max_in_flight,
+                **state.stats,
+            }
+        )
+
+    return app

@@ -1,0 +1,114 @@
+"""The pytest plugin behind every pattern's integration tests (loaded with `-p patternkit.testing`).
+
+`stack` boots the topology of the pattern under test (found from the test file's folder) once
+and shares it until the tests move on to another pattern; `fresh_stack(env=...)` boots a
+private copy for a test that kills services or needs other settings. When a test fails, the
+log tail of every service it used is attached to the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patternkit.topology import Stack
+from patternkit.topology.schema import TOPOLOGY_FILE
+
+STACKS_ATTR = "_patternkit_stacks"
+
+
+def pattern_folder(test_path: Path) -> Path:
+    for parent in test_path.resolve().parents:
+        if (parent / TOPOLOGY_FILE).is_file():
+            return parent
+    raise pytest.UsageError(f"{test_path} is not inside a pattern folder (no {TOPOLOGY_FILE})")
+
+
+class SharedStacks:
+    """At most one shared stack alive at a time: the one of the pattern being tested."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.folder: Path | None = None
+        self.stack: Stack | None = None
+        self.error: BaseException | None = None
+
+    def get(self, folder: Path) -> Stack:
+        if folder != self.folder:
+            self.close()
+            self.folder = folder
+            try:
+                stack = Stack(folder, self.factory.mktemp(folder.name))
+                stack.__enter__()
+                self.stack = stack
+            except BaseException as exc:
+                self.error = exc
+        if self.error is not None:
+            raise self.error
+        assert self.stack is not None
+        return self.stack
+
+    def close(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()
+        self.folder, self.stack, self.error = None, None, None
+
+
+def _remember(node: pytest.Item | Any, stack: Stack) -> None:
+    stacks = getattr(node, STACKS_ATTR, [])
+    stacks.append(stack)
+    setattr(node, STACKS_ATTR, stacks)
+
+
+@pytest.fixture(scope="session")
+def _shared_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStacks]:
+    shared = SharedStacks(tmp_path_factory)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, _shared_stacks: SharedStacks) -> Stack:
+    """The pattern's topology, booted once and shared by its tests."""
+    booted = _shared_stacks.get(pattern_folder(request.path))
+    _remember(request.node, booted)
+    return booted
+
+
+@pytest.fixture
+def fresh_stack(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., Stack]]:
+    """A factory: `fresh_stack(env={"predictor": {"DELAY_MS": "800"}})` boots a private copy."""
+    folder = pattern_folder(request.path)
+    made: list[Stack] = []
+
+    def boot(env: dict[str, dict[str, str]] | None = None, **kwargs: Any) -> Stack:
+        booted = Stack(folder, tmp_path / f"stack-{len(made)}", env=env, **kwargs)
+        made.append(booted)
+        _remember(request.node, booted)
+        booted.start()
+        return booted
+
+    yield boot
+    for booted in reversed(made):
+        booted.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"stack", "fresh_stack"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for booted in getattr(item, STACKS_ATTR, []):
+            for name, tail in booted.log_tails(25).items():
+                report.sections.append((f"log tail: {booted.topology.name}/{name}", tail))
+    return report

@@ -1,0 +1,125 @@
+"""The compose renderer: the same topology as a `docker-compose.yml`, committed per pattern.
+
+Every Python service runs the one project image with a different command; app services
+listen on 8000 inside their container and get a healthcheck from `ready`; `depends_on` uses
+`service_healthy` / `service_completed_successfully`; backing services are images. The file
+is generated, never edited by hand: `python -m patternkit check` fails when it drifts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from patternkit.topology.schema import ServiceSpec, Topology
+
+IMAGE = "ml-system-patterns:latest"
+APP_PORT = 8000
+DATA_DIR = "/data"
+BACKING_IMAGES = {"redis": "redis:7-alpine"}
+HEADER = (
+    "# Rendered from topology.toml by `python -m patternkit render`; do not edit by hand.\n"
+    "# Run from the repository root: docker compose -f {path} up --build\n"
+)
+
+
+def _http_probe(path: str) -> list[str]:
+    code = (
+        "import sys,urllib.request;"
+        f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{APP_PORT}{path}',"
+        "timeout=2).status==200 else 1)"
+    )
+    return ["CMD", "python", "-c", code]
+
+
+def _healthcheck(test: list[str]) -> dict[str, Any]:
+    return {"test": test, "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "5s"}
+
+
+def _context(topology: Topology, instance: str) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"port": APP_PORT, "run_dir": DATA_DIR, "python": "python",
+                           "name": instance}
+    for name in topology.backing:
+        ctx[name] = SimpleNamespace(url=f"redis://{name}:6379/0", urls=f"redis://{name}:6379/0",
+                                    host=name, port=6379)
+    for name, spec in topology.services.items():
+        urls = [f"http://{i}:{APP_PORT}" for i in spec.instances(name)]
+        ctx[name] = SimpleNamespace(url=urls[0], urls=",".join(urls), host=spec.instances(name)[0],
+                                    port=APP_PORT)
+    return ctx
+
+
+def _depends(topology: Topology, spec: ServiceSpec) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for dep in spec.depends_on:
+        if dep in topology.backing:
+            out[dep] = {"condition": "service_healthy"}
+            continue
+        dspec = topology.services[dep]
+        if dspec.oneshot:
+            condition = "service_completed_successfully"
+        elif dspec.ready or dspec.healthcheck:
+            condition = "service_healthy"
+        else:
+            condition = "service_started"
+        for inst in dspec.instances(dep):
+            out[inst] = {"condition": condition}
+    return out
+
+
+def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any]:
+    """The compose document (a dict) for `topology`; `rel_root` is the repo root from it."""
+    services: dict[str, Any] = {}
+    for name in topology.backing:
+        services[name] = {
+            "image": BACKING_IMAGES[topology.backing[name].kind],
+            "command": ["redis-server", "--save", "", "--appendonly", "no"],
+            "healthcheck": _healthcheck(["CMD", "redis-cli", "ping"]),
+        }
+    for name, spec in topology.services.items():
+        for inst in spec.instances(name):
+            ctx = _context(topology, inst)
+            env = {"SERVICE_NAME": name, "INSTANCE_NAME": inst}
+            env.update({k: v.format_map(ctx) for k, v in spec.env.items()})
+            if spec.app:
+                command = ["uvicorn", "--factory", spec.app, "--host", "0.0.0.0",
+                           "--port", str(APP_PORT), "--no-access-log"]
+            else:
+                command = [arg.format_map(ctx) for arg in spec.run or []]
+            svc: dict[str, Any] = {
+                "image": IMAGE,
+                "build": {"context": rel_root, "dockerfile": "Dockerfile"},
+                "command": command,
+                "environment": env,
+                "volumes": [f"run-data:{DATA_DIR}"],
+            }
+            if spec.ready:
+                svc["healthcheck"] = _healthcheck(_http_probe(spec.ready))
+            elif spec.healthcheck:
+                svc["healthcheck"] = _healthcheck(["CMD", *spec.healthcheck])
+            if spec.oneshot:
+                svc["restart"] = "no"
+            deps = _depends(topology, spec)
+            if deps:
+                svc["depends_on"] = deps
+            if name == topology.entry and inst == spec.instances(name)[0]:
+                svc["ports"] = [f"{APP_PORT}:{APP_PORT}"]
+            services[inst] = svc
+    return {"name": topology.name.replace("_", "-"), "services": services,
+            "volumes": {"run-data": {}}}
+
+
+def compose_text(topology: Topology, path: str, rel_root: str = "../..") -> str:
+    body = yaml.safe_dump(render_compose(topology, rel_root), sort_keys=False, width=100)
+    return HEADER.format(path=path) + body
+
+
+def render_file(topology: Topology, folder: Path, repo_root: Path) -> tuple[Path, str]:
+    """(path of the compose file, its expected text) for a pattern folder."""
+    rel = folder.resolve().relative_to(repo_root.resolve())
+    rel_root = "/".join([".."] * len(rel.parts)) or "."
+    target = folder / "docker-compose.yml"
+    return target, compose_text(topology, f"{rel.as_posix()}/docker-compose.yml", rel_root)

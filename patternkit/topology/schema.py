@@ -1,0 +1,150 @@
+"""The `topology.toml` schema: which processes a pattern is made of and how they are wired.
+
+A service is an ASGI app (`app = "module:create_app"`, run by uvicorn) or a command (`run`).
+`depends_on` orders start-up, `ready` / `ready_log` say when a service is up, `env` wires it
+with placeholders (`{port}`, `{run_dir}`, `{python}`, `{name}`, `{svc.url}`, `{svc.urls}`,
+`{redis.url}`). Backing services (`[backing.redis] kind = "redis"`) are provided by the runner.
+A bad file raises `TopologyError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TOPOLOGY_FILE = "topology.toml"
+GLOBAL_PLACEHOLDERS = frozenset({"port", "run_dir", "python", "name"})
+SERVICE_ATTRS = frozenset({"url", "urls", "host", "port"})
+
+
+class TopologyError(ValueError):
+    """A topology file that cannot be read or does not follow the schema."""
+
+
+class ServiceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    app: str | None = Field(None, pattern=r"^[\w.]+:\w+$", description="module:factory")
+    run: list[str] | None = Field(None, min_length=1, description="command and arguments")
+    oneshot: bool = False
+    ready: str | None = Field(None, pattern=r"^/", description="HTTP path polled until 200")
+    ready_log: str | None = Field(None, description="regex that marks a command as ready")
+    healthcheck: list[str] | None = Field(None, description="compose healthcheck command")
+    depends_on: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ServiceSpec:
+        if (self.app is None) == (self.run is None):
+            raise ValueError("set exactly one of `app` (module:factory) or `run` (a command)")
+        if self.app is not None and self.oneshot:
+            raise ValueError("`oneshot` is for `run` commands, not apps")
+        if self.app is not None and self.ready is None:
+            self.ready = "/ready"
+        if self.oneshot and self.replicas != 1:
+            raise ValueError("a oneshot service has exactly one replica")
+        return self
+
+    def instances(self, name: str) -> list[str]:
+        if self.replicas == 1:
+            return [name]
+        return [f"{name}-{i}" for i in range(1, self.replicas + 1)]
+
+
+class BackingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["redis"]
+    description: str = ""
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]*$")
+    id: str = Field(..., description="catalogue id, e.g. S1")
+    title: str
+    summary: str
+    category: Literal["serving", "qa", "training", "operation", "lifecycle", "antipattern"]
+    entry: str = Field(..., description="the service a user talks to")
+    scenario: str | None = Field(None, pattern=r"^[\w.]+:\w+$")
+    backing: dict[str, BackingSpec] = Field(default_factory=dict)
+    services: dict[str, ServiceSpec] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _wiring(self) -> Topology:
+        names = set(self.services) | set(self.backing)
+        if set(self.services) & set(self.backing):
+            raise ValueError("a name is used both as a service and a backing service")
+        if self.entry not in self.services:
+            raise ValueError(f"entry {self.entry!r} is not a service")
+        for name, spec in self.services.items():
+            for dep in spec.depends_on:
+                if dep not in names:
+                    raise ValueError(f"services.{name}.depends_on: unknown service {dep!r}")
+            for key, value in spec.env.items():
+                check_placeholders(value, names, f"services.{name}.env.{key}")
+            for i, arg in enumerate(spec.run or []):
+                check_placeholders(arg, names, f"services.{name}.run.{i}")
+        self.order()  # raises on a cycle
+        return self
+
+    def order(self) -> list[list[str]]:
+        """Names (backing and services) grouped in start-up levels; level n needs only < n."""
+        deps = {name: set(spec.depends_on) for name, spec in self.services.items()}
+        deps.update({name: set() for name in self.backing})
+        levels: list[list[str]] = []
+        done: set[str] = set()
+        while len(done) < len(deps):
+            level = sorted(n for n, d in deps.items() if n not in done and d <= done)
+            if not level:
+                cycle = sorted(n for n in deps if n not in done)
+                raise ValueError(f"depends_on has a cycle among: {', '.join(cycle)}")
+            levels.append(level)
+            done.update(level)
+        return levels
+
+
+def check_placeholders(text: str, names: set[str], where: str) -> None:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} in {text!r}") from None
+    for field in fields:
+        svc, dot, attr = field.partition(".")
+        if not dot and field in GLOBAL_PLACEHOLDERS:
+            continue
+        if dot and svc in names and attr in SERVICE_ATTRS:
+            continue
+        raise ValueError(
+            f"{where}: unknown placeholder {{{field}}}; use {{port}}, {{run_dir}}, {{python}}, "
+            f"{{name}} or {{service.url|urls|host|port}} of a declared service"
+        )
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file (or the `topology.toml` inside a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / TOPOLOGY_FILE
+    try:
+        raw = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise TopologyError(f"{p}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors(include_url=False):
+            loc = ".".join(str(part) for part in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise TopologyError(f"{p}: " + "; ".join(problems)) from None

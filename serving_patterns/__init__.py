@@ -1,0 +1,1 @@
+"""Serving patterns: how a trained model is put behind an interface and answers requests."""
