@@ -113,7 +113,9 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
 
 
 def compose_text(topology: Topology, path: str, rel_root: str = "../..") -> str:
-    body = yaml.safe_dump(render_compose(topology, rel_root), sort_keys=False, width=100)
+    body = yaml.safe_dump(
+        render_compose(topology, rel_root), sort_keys=False, width=100, default_flow_style=None
+    )
     return HEADER.format(path=path) + body
 
 

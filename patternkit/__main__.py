@@ -1,0 +1,176 @@
+"""The command line: `python -m patternkit list | run | demo | render | check`.
+
+`run` boots a pattern in the foreground and prints its URLs; `demo` boots it, runs its
+scenario, prints what was observed and tears down; `render` writes each pattern's
+docker-compose.yml from its topology; `check` validates every topology and fails when a
+rendered file is out of date. The Makefile's targets are thin calls to these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from patternkit.catalogue import rows as catalogue_rows
+from patternkit.client import format_table
+from patternkit.infra import port_is_free
+from patternkit.topology import (
+    Stack,
+    StackError,
+    TopologyError,
+    discover,
+    find_pattern,
+    load_topology,
+    render_file,
+    repo_root,
+)
+
+DEFAULT_PATTERN = "serving_patterns/web_single"
+
+
+def run_dir_for(name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return repo_root() / ".runs" / f"{name}-{stamp}"
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    print(format_table(catalogue_rows(repo_root())))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    folder = find_pattern(args.pattern)
+    topology = load_topology(folder)
+    if not port_is_free(args.port):
+        print(f"port {args.port} is taken; pick another with PORT=... (make) or --port", flush=True)
+        return 2
+    stack = Stack(folder, run_dir_for(topology.name), entry_port=args.port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"booting {topology.id} {topology.title} ({folder.relative_to(repo_root())}) ...", flush=True)
+    with stack:
+        rows = [{"service": p.name, "url": p.url, "log": p.log_path} for p in stack.procs.values()
+                if not p.oneshot]
+        print(format_table(rows))
+        entry = stack.url()
+        print(f"\n{topology.title} is up: {entry}  (docs: {entry}/docs)")
+        print(
+            "try:\n  curl -s -X POST "
+            f"{entry}/predict -H 'content-type: application/json' "
+            "-d '{\"data\": [[5.1, 3.5, 1.4, 0.2]]}'\n"
+            "Ctrl-C stops every service.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            dead = [p.name for p in stack.procs.values()
+                    if p.popen and not p.oneshot and not p.alive]
+            if dead:
+                print(f"stopping: {', '.join(dead)} exited (see {stack.log_dir})", flush=True)
+                return 1
+        print("\nstopping ...", flush=True)
+    return 0
+
+
+def load_scenario(folder: Path, spec: str | None) -> Callable[[Stack], list[dict[str, Any]]]:
+    module_name, _, func = (spec or "").partition(":")
+    if not module_name:
+        rel = folder.relative_to(repo_root())
+        module_name, func = ".".join((*rel.parts, "scenario")), "run"
+    module = importlib.import_module(module_name)
+    scenario: Callable[[Stack], list[dict[str, Any]]] = getattr(module, func)
+    return scenario
+
+
+def demo_one(folder: Path) -> bool:
+    topology = load_topology(folder)
+    print(f"\n== {topology.id} {topology.title}: {topology.summary}", flush=True)
+    scenario = load_scenario(folder, topology.scenario)
+    started = time.perf_counter()
+    try:
+        with Stack(folder, run_dir_for(topology.name)) as stack:
+            print(f"booted in {time.perf_counter() - started:.1f}s; running the scenario", flush=True)
+            observed = scenario(stack)
+    except (StackError, AssertionError) as exc:
+        print(f"demo of {topology.name} failed: {exc}", flush=True)
+        return False
+    print(format_table(observed), flush=True)
+    return True
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    folders = [find_pattern(args.pattern)] if args.pattern else discover()
+    results = [demo_one(folder) for folder in folders]
+    return 0 if all(results) else 1
+
+
+def cmd_render(_: argparse.Namespace) -> int:
+    root = repo_root()
+    for folder in discover(root):
+        target, text = render_file(load_topology(folder), folder, root)
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
+            print(f"wrote {target.relative_to(root)}")
+    return 0
+
+
+def cmd_check(_: argparse.Namespace) -> int:
+    root = repo_root()
+    problems: list[str] = []
+    folders = discover(root)
+    for folder in folders:
+        rel = folder.relative_to(root)
+        try:
+            topology = load_topology(folder)
+        except TopologyError as exc:
+            problems.append(str(exc))
+            continue
+        target, text = render_file(topology, folder, root)
+        if not target.is_file():
+            problems.append(f"{rel}: no docker-compose.yml (run `make render`)")
+        elif target.read_text() != text:
+            problems.append(f"{rel}/docker-compose.yml is out of date (run `make render`)")
+        for needed in ("README.md", "scenario.py"):
+            if not (folder / needed).is_file():
+                problems.append(f"{rel}: no {needed}")
+        if not list(folder.glob("tests/test_*.py")):
+            problems.append(f"{rel}: no tests/test_*.py")
+    for problem in problems:
+        print(problem)
+    print(f"checked {len(folders)} patterns: {'ok' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m patternkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the catalogue and what is built").set_defaults(func=cmd_list)
+    run = sub.add_parser("run", help="boot a pattern in the foreground")
+    run.add_argument("pattern", nargs="?", default=DEFAULT_PATTERN)
+    run.add_argument("--port", type=int, default=8000, help="port of the entry service")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="boot, run the scenario, print observations, tear down")
+    demo.add_argument("pattern", nargs="?", help="one pattern (default: every built pattern)")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("render", help="write docker-compose.yml files").set_defaults(func=cmd_render)
+    sub.add_parser("check", help="validate topologies and rendered files").set_defaults(
+        func=cmd_check
+    )
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (TopologyError, StackError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

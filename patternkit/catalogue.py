@@ -1,0 +1,60 @@
+"""The whole pattern catalogue, built or not, for `python -m patternkit list` and the README.
+
+A pattern counts as built when its folder holds a topology.toml; everything else is planned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# (id, folder, title)
+CATALOGUE: list[tuple[str, str, str]] = [
+    ("S1", "serving_patterns/web_single", "Web single"),
+    ("S2", "serving_patterns/synchronous", "Synchronous"),
+    ("S3", "serving_patterns/asynchronous", "Asynchronous"),
+    ("S4", "serving_patterns/batch", "Batch"),
+    ("S5", "serving_patterns/prep_pred", "Prep-pred"),
+    ("S6", "serving_patterns/microservice_vertical", "Microservice vertical"),
+    ("S7", "serving_patterns/microservice_horizontal", "Microservice horizontal"),
+    ("S8", "serving_patterns/prediction_cache", "Prediction cache"),
+    ("S9", "serving_patterns/data_cache", "Data cache"),
+    ("S10", "serving_patterns/prediction_circuit_break", "Prediction circuit break"),
+    ("S11", "serving_patterns/multiple_stage_prediction", "Multiple stage prediction"),
+    ("S12", "serving_patterns/serving_template", "Serving template"),
+    ("S13", "serving_patterns/edge_prediction", "Edge prediction"),
+    ("SA1", "antipatterns/online_bigsize", "Online bigsize (antipattern)"),
+    ("SA2", "antipatterns/all_in_one", "All-in-one (antipattern)"),
+    ("Q1", "qa_patterns/shadow_ab_test", "Shadow AB test"),
+    ("Q2", "qa_patterns/online_ab_test", "Online AB test"),
+    ("Q3", "qa_patterns/loading_test", "Loading test"),
+    ("QA1", "antipatterns/offline_only", "Offline-only (antipattern)"),
+    ("T1", "training_patterns/batch_training", "Batch training"),
+    ("T2", "training_patterns/pipeline_training", "Pipeline training"),
+    ("T3", "training_patterns/parameter_architecture_search", "Parameter and architecture search"),
+    ("TA1", "antipatterns/only_me", "Only-me (antipattern)"),
+    ("TA2", "antipatterns/training_code_in_serving", "Training code in serving (antipattern)"),
+    ("TA3", "antipatterns/too_many_pipes", "Too many pipes (antipattern)"),
+    ("O1", "operation_patterns/model_in_image", "Model-in-image"),
+    ("O2", "operation_patterns/model_load", "Model-load"),
+    ("O3", "operation_patterns/data_model_versioning", "Data model versioning"),
+    ("O4", "operation_patterns/prediction_log", "Prediction log"),
+    ("O5", "operation_patterns/prediction_monitoring", "Prediction monitoring"),
+    ("O6", "operation_patterns/parameter_based_serving", "Parameter-based serving"),
+    ("O7", "operation_patterns/condition_based_serving", "Condition-based serving"),
+    ("OA1", "antipatterns/no_logging", "No logging (antipattern)"),
+    ("OA2", "antipatterns/nobody_knows", "Nobody knows (antipattern)"),
+    ("L1", "lifecycle_patterns/train_then_serve", "Train-then-serve"),
+    ("L2", "lifecycle_patterns/training_to_serving", "Training-to-serving"),
+]
+
+
+def rows(root: Path) -> list[dict[str, str]]:
+    return [
+        {
+            "id": pid,
+            "pattern": folder,
+            "title": title,
+            "status": "built" if (root / folder / "topology.toml").is_file() else "planned",
+        }
+        for pid, folder, title in CATALOGUE
+    ]

@@ -1,0 +1,121 @@
+"""S1 integration tests: real predictors behind the real LB, over HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from patternkit.client import Client
+from patternkit.models import load_dataset
+from patternkit.topology import Stack
+
+
+@pytest.fixture
+def lb(stack: Stack) -> Client:
+    with Client(stack.url()) as client:
+        yield client
+
+
+def test_predictions_match_the_offline_pipeline(stack: Stack, lb: Client) -> None:
+    # the offline pipeline, refitted from the manifest's recipe, is the reference
+    from patternkit.models import build_pipeline
+
+    manifest = json.loads((Path(stack.run_dir) / "models/iris_lr/manifest.json").read_text())
+    X, y, _, _ = load_dataset("iris")
+    from sklearn.model_selection import train_test_split
+
+    X_train, _, y_train, _ = train_test_split(
+        X, y, test_size=0.3, random_state=manifest["seed"], stratify=y
+    )
+    offline = build_pipeline(manifest["estimator"], manifest["seed"]).fit(X_train, y_train)
+    resp = lb.post("/predict", json={"data": X.tolist()})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["prediction"] == offline.predict(X).tolist()
+    np.testing.assert_allclose(body["probabilities"], offline.predict_proba(X), atol=1e-5)
+    assert body["model"] == "iris_lr"
+
+
+def test_metadata_shows_the_model_version(stack: Stack) -> None:
+    for url in stack.urls("predictor"):
+        with Client(url) as predictor:
+            meta = predictor.get("/metadata").json()
+            assert meta["model_version"] == "1.0.0"
+            assert meta["model"]["name"] == "iris_lr"
+            assert len(meta["model"]["sha256"]) == 64
+    resp = Client(stack.url()).post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
+    assert resp.headers["x-model-version"] == "1.0.0"
+
+
+def test_lb_reaches_both_replicas(lb: Client) -> None:
+    served = {
+        lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}).headers["x-served-by"]
+        for _ in range(10)
+    }
+    assert served == {"predictor-1", "predictor-2"}
+
+
+def test_request_id_is_propagated_or_generated(lb: Client) -> None:
+    given = lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]},
+                    headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    assert given.json()["request_id"] == "abc-123"
+    generated = lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
+    assert len(generated.headers["x-request-id"]) >= 16
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        ({"data": [[5.1, 3.5, 1.4]]}, 422, "expected 4 features"),
+        ({"data": []}, 422, "body.data"),
+        ({"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "body.data"),
+        ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
+        ('{"data": [[1e999, 3.5, 1.4, 0.2]]}', 422, "finite"),
+        ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
+        ("{not json", 422, "JSON"),
+        ({"data": [[5.1, 3.5, 1.4, 0.2]] * 1001}, 413, "MAX_BATCH_ROWS"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(lb: Client, body: object, status: int, names: str) -> None:
+    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+    resp = lb.post("/predict", headers={"content-type": "application/json"}, **kwargs)
+    assert resp.status_code == status, resp.text
+    error = resp.json()
+    assert names in error["message"]
+    assert error["error"] in ("validation_error", "payload_too_large")
+
+
+def test_oversized_body_is_refused_before_it_is_read(lb: Client) -> None:
+    resp = lb.post("/predict", content=b"x" * (2 * 1024 * 1024),
+                   headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+    assert "MAX_BODY_BYTES" in resp.json()["message"]
+
+
+def test_readiness_metrics_and_stats(stack: Stack, lb: Client) -> None:
+    assert lb.get("/ready").status_code == 200
+    assert lb.get("/health").json()["status"] == "ok"
+    lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
+    metrics = lb.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/predict",status="200"}' in metrics
+    assert "http_request_duration_seconds_bucket" in metrics
+    hits = [Client(u).stats()["hits"] for u in stack.urls("predictor")]
+    assert all(h > 0 for h in hits)
+
+
+def test_losing_a_replica_costs_capacity_not_answers(fresh_stack) -> None:
+    stack = fresh_stack()
+    stack.kill("predictor-2")
+    with Client(stack.url()) as lb:
+        replies = [lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}) for _ in range(6)]
+    assert [r.status_code for r in replies] == [200] * 6
+    assert {r.headers["x-served-by"] for r in replies} == {"predictor-1"}
+    stack.kill("predictor-1")
+    with Client(stack.url()) as lb:
+        resp = lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
+    assert resp.status_code == 502
+    assert "no backend is reachable" in resp.json()["message"]
