@@ -27,12 +27,7 @@ HEADER = (
 
 
 def _http_probe(path: str) -> list[str]:
-    code = (
-        "import sys,urllib.request;"
-        f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{APP_PORT}{path}',"
-        "timeout=2).status==200 else 1)"
-    )
-    return ["CMD", "python", "-c", code]
+    return ["CMD", "python", "-m", "patternkit.probe", f"http://127.0.0.1:{APP_PORT}{path}"]
 
 
 def _healthcheck(test: list[str]) -> dict[str, Any]:
