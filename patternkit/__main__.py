@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from patternkit.catalogue import render_readme
 from patternkit.catalogue import rows as catalogue_rows
 from patternkit.client import format_table
 from patternkit.infra import port_is_free
@@ -55,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"booting {topology.id} {topology.title} ({folder.relative_to(repo_root())}) ...", flush=True)
+    where = folder.relative_to(repo_root())
+    print(f"booting {topology.id} {topology.title} ({where}) ...", flush=True)
     with stack:
         rows = [{"service": p.name, "url": p.url, "log": p.log_path} for p in stack.procs.values()
                 if not p.oneshot]
@@ -96,7 +98,8 @@ def demo_one(folder: Path) -> bool:
     started = time.perf_counter()
     try:
         with Stack(folder, run_dir_for(topology.name)) as stack:
-            print(f"booted in {time.perf_counter() - started:.1f}s; running the scenario", flush=True)
+            took = time.perf_counter() - started
+            print(f"booted in {took:.1f}s; running the scenario", flush=True)
             observed = scenario(stack)
     except (StackError, AssertionError) as exc:
         print(f"demo of {topology.name} failed: {exc}", flush=True)
@@ -111,10 +114,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(results) else 1
 
 
+def rendered_files(root: Path) -> list[tuple[Path, str]]:
+    """Every generated file with its expected text: compose files and the README table."""
+    files = [render_file(load_topology(folder), folder, root) for folder in discover(root)]
+    readme = root / "README.md"
+    files.append((readme, render_readme(readme.read_text(), root)))
+    return files
+
+
 def cmd_render(_: argparse.Namespace) -> int:
     root = repo_root()
-    for folder in discover(root):
-        target, text = render_file(load_topology(folder), folder, root)
+    for target, text in rendered_files(root):
         if not target.is_file() or target.read_text() != text:
             target.write_text(text)
             print(f"wrote {target.relative_to(root)}")
@@ -128,23 +138,25 @@ def cmd_check(_: argparse.Namespace) -> int:
     for folder in folders:
         rel = folder.relative_to(root)
         try:
-            topology = load_topology(folder)
+            load_topology(folder)
         except TopologyError as exc:
             problems.append(str(exc))
             continue
-        target, text = render_file(topology, folder, root)
-        if not target.is_file():
-            problems.append(f"{rel}: no docker-compose.yml (run `make render`)")
-        elif target.read_text() != text:
-            problems.append(f"{rel}/docker-compose.yml is out of date (run `make render`)")
         for needed in ("README.md", "scenario.py"):
             if not (folder / needed).is_file():
                 problems.append(f"{rel}: no {needed}")
         if not list(folder.glob("tests/test_*.py")):
             problems.append(f"{rel}: no tests/test_*.py")
+    try:
+        for target, text in rendered_files(root):
+            if not target.is_file() or target.read_text() != text:
+                problems.append(f"{target.relative_to(root)} is out of date (run `make render`)")
+    except (TopologyError, ValueError) as exc:
+        problems.append(str(exc))
     for problem in problems:
         print(problem)
-    print(f"checked {len(folders)} patterns: {'ok' if not problems else f'{len(problems)} problems'}")
+    verdict = f"{len(problems)} problems" if problems else "ok"
+    print(f"checked {len(folders)} patterns: {verdict}")
     return 1 if problems else 0
 
 

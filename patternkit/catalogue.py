@@ -58,3 +58,24 @@ def rows(root: Path) -> list[dict[str, str]]:
         }
         for pid, folder, title in CATALOGUE
     ]
+
+
+START = "<!-- catalogue: rendered by `make render` -->"
+END = "<!-- /catalogue -->"
+
+
+def readme_table(root: Path) -> str:
+    lines = ["| id | pattern | status |", "| --- | --- | --- |"]
+    for row in rows(root):
+        name = f"[{row['title']}]({row['pattern']})" if row["status"] == "built" else row["title"]
+        lines.append(f"| {row['id']} | {name} | {row['status']} |")
+    return "\n".join(lines)
+
+
+def render_readme(text: str, root: Path) -> str:
+    """The README text with the catalogue table between its markers brought up to date."""
+    head, found, rest = text.partition(START)
+    if not found or END not in rest:
+        raise ValueError("README.md lacks the catalogue markers")
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{readme_table(root)}\n{END}{tail}"

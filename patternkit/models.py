@@ -84,7 +84,9 @@ def export_onnx(estimator: Any, n_features: int) -> bytes:
     from skl2onnx import to_onnx
 
     sample = np.zeros((1, n_features), dtype=np.float32)
-    onx = to_onnx(estimator, sample, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    onx = to_onnx(
+        estimator, sample, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     return bytes(onx.SerializeToString())
 
 

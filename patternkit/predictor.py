@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from patternkit.faults import Faults, InjectedFault
-from patternkit.models import OnnxModel
+from patternkit.models import ModelError, OnnxModel
 from patternkit.schemas import PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
@@ -103,23 +105,40 @@ def add_predict_route(
 
 
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
-    """The template predictor app (uvicorn --factory patternkit.predictor:create_app)."""
+    """The template predictor app (uvicorn --factory patternkit.predictor:create_app).
+
+    The model loads in the background after start-up: `/health` answers at once, `/ready`
+    and `/predict` answer 503 until the model is in memory. A model that cannot be loaded
+    (missing, tampered: sha256 mismatch) is logged and stops the process.
+    """
     cfg = settings or PredictorSettings()  # type: ignore[call-arg]
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
     holder: dict[str, OnnxModel] = {}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+    async def load(state: ServiceState) -> None:
+        try:
+            model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+        except (ModelError, OSError, RuntimeError) as exc:
+            log.critical("cannot load the model, stopping: %s", exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if cfg.load_delay_ms:
             await asyncio.sleep(cfg.load_delay_ms / 1000)
         holder["model"] = model
         state.model_version = model.version
         state.metadata.update(model=model.manifest, model_path=str(model.path))
+        state.ready = True
         log.info("loaded model %s %s from %s", model.name, model.version, model.path)
-        yield
 
-    app = create_service(cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        task = asyncio.create_task(load(state))
+        yield
+        task.cancel()
+
+    app = create_service(
+        cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan, auto_ready=False
+    )
     state: ServiceState = app.state.service
     add_predict_route(app, state, lambda: holder.get("model"), faults, cfg.max_batch_rows)
     return app

@@ -299,11 +299,13 @@ def create_service(
     title: str | None = None,
     lifespan: Lifespan | None = None,
     version: str = "0.1.0",
+    auto_ready: bool = True,
 ) -> FastAPI:
     """A FastAPI app with the scaffold installed; `lifespan` loads what the service needs.
 
-    The service turns ready when `lifespan` has entered (set `state.ready` yourself and
-    `state.metadata["defer_ready"] = True` to turn ready later) and unready at shutdown.
+    The service turns ready once `lifespan` has entered, or, with `auto_ready=False`, when the
+    service sets `state.ready = True` itself (e.g. after a model loads in the background, so
+    that `/health` answers while `/ready` is still 503). It turns unready at shutdown.
     """
     state = ServiceState(settings)
 
@@ -320,7 +322,7 @@ def create_service(
             yield
         else:
             async with lifespan(app, state):
-                if not state.metadata.pop("defer_ready", False):
+                if auto_ready:
                     state.ready = True
                 log.info("%s started (ready=%s)", state.served_by, state.ready)
                 yield

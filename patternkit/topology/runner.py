@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,6 +47,7 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     external_url: str | None = None
+    log_offset: int = 0  # where this run's output starts in the log (ready_log looks after it)
 
     @property
     def url(self) -> str:
@@ -203,6 +205,7 @@ class Stack:
         with proc.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(proc.argv)}\n".encode())
             log.flush()
+            proc.log_offset = log.tell()
             proc.popen = subprocess.Popen(
                 proc.argv, cwd=self.project, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -233,10 +236,12 @@ class Stack:
                 return False
         if proc.spec.ready_log:
             try:
-                return re.search(proc.spec.ready_log, proc.log_path.read_text("utf-8", "replace"))\
-                    is not None
+                with proc.log_path.open("rb") as log:
+                    log.seek(proc.log_offset)
+                    output = log.read().decode("utf-8", "replace")
             except OSError:
                 return False
+            return re.search(proc.spec.ready_log, output) is not None
         return True
 
     def _await_ready(self, procs: list[Proc]) -> None:
@@ -269,23 +274,15 @@ class Stack:
         if popen is None:
             return
         if popen.poll() is None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(popen.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=self.grace)
-            except subprocess.TimeoutExpired:
-                pass
         # the group may hold children (e.g. worker pools) even after the leader exited
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=self.grace)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is final
-            pass
 
     # -- single services, for tests and demos --------------------------------------------------
 

@@ -17,7 +17,8 @@ def run(stack: Stack) -> list[dict[str, Any]]:
         for features, expected in IRIS_ROWS:
             resp, ms = client.timed("POST", "/predict", json={"data": [features]})
             body = resp.json()
-            rows.append({"input": features, "expected": expected, "predicted": body["prediction"][0],
+            rows.append({"input": features, "expected": expected,
+                         "predicted": body["prediction"][0],
                          "served_by": resp.headers["x-served-by"], "ms": round(ms, 1)})
         for _ in range(20):
             resp, ms = client.timed("POST", "/predict", json={"data": [IRIS_ROWS[0][0]]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from patternkit.topology import Stack
 
 
 @pytest.fixture
-def lb(stack: Stack) -> Client:
+def lb(stack: Stack) -> Iterator[Client]:
     with Client(stack.url()) as client:
         yield client
 

@@ -1,0 +1,24 @@
+# One image for every Python service of every pattern; the compose command picks the role.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=0 \
+    UV_COMPILE_BYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+RUN pip install --no-cache-dir uv
+
+# dependencies first, so code edits do not reinstall them
+COPY pyproject.toml README.md ./
+RUN mkdir patternkit && touch patternkit/__init__.py \
+    && uv pip install --system --no-cache . \
+    && rm -rf patternkit
+
+COPY . .
+RUN uv pip install --system --no-cache --no-deps . \
+    && useradd --create-home app && mkdir -p /data && chown app /data
+USER app
+VOLUME ["/data"]
+EXPOSE 8000
+CMD ["python", "-m", "patternkit", "list"]

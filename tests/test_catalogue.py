@@ -1,0 +1,68 @@
+"""Catalogue checks: every pattern folder is complete and its deploy files are valid."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from patternkit.catalogue import CATALOGUE
+from patternkit.topology import discover, load_topology, render_file, repo_root
+
+ROOT = repo_root()
+PATTERNS = discover(ROOT)
+README_SECTIONS = ["Usecase", "Architecture", "Run it", "What you will see", "Pros", "Cons",
+                   "Needs consideration"]
+
+
+def rel(folder: Path) -> str:
+    return folder.relative_to(ROOT).as_posix()
+
+
+def test_some_patterns_are_built() -> None:
+    assert len(PATTERNS) >= 4
+
+
+@pytest.mark.parametrize("folder", PATTERNS, ids=rel)
+def test_pattern_folder_is_complete(folder: Path) -> None:
+    topology = load_topology(folder)
+    known = {f: pid for pid, f, _ in CATALOGUE}
+    assert known.get(rel(folder)) == topology.id, "folder and id must match the catalogue"
+    assert topology.name == folder.name
+    assert (folder / "__init__.py").is_file()
+    assert (folder / "scenario.py").is_file()
+    assert list(folder.glob("tests/test_*.py")), "integration tests are missing"
+    readme = (folder / "README.md").read_text()
+    headings = re.findall(r"^## (.+)$", readme, flags=re.M)
+    assert headings == README_SECTIONS
+    assert "```mermaid" in readme
+
+
+@pytest.mark.parametrize("folder", PATTERNS, ids=rel)
+def test_rendered_compose_is_up_to_date(folder: Path) -> None:
+    target, text = render_file(load_topology(folder), folder, ROOT)
+    assert target.is_file(), f"run `make render` to write {rel(target)}"
+    assert target.read_text() == text, f"{rel(target)} drifted; run `make render`"
+
+
+def test_compose_files_follow_the_compose_spec() -> None:
+    files = [str(ROOT / "docker-compose.yml"), *(str(f / "docker-compose.yml") for f in PATTERNS)]
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [str(exe), "--builtin-schema", "vendor.compose-spec", *files],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has no command block"
+    commands = [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip()]
+    assert commands == ["make run", "make test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
