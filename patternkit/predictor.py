@@ -27,6 +27,7 @@ from patternkit.schemas import PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
     ServiceState,
+    add_fast_route,
     create_service,
     json_response,
     request_id,
@@ -75,13 +76,6 @@ def add_predict_route(
 ) -> None:
     """Register the shared `/predict` endpoint on `app` for whatever model `get_model` gives."""
 
-    @app.post(
-        path,
-        tags=["predict"],
-        response_model=PredictResponse,
-        openapi_extra=PREDICT_OPENAPI,
-        responses={413: {"description": "body or batch too large"}, 422: {}, 503: {}},
-    )
     async def predict(request: Request) -> Response:
         model = get_model()
         if model is None:
@@ -102,6 +96,12 @@ def add_predict_route(
                 "request_id": rid or request_id(request),
             }
         )
+
+    add_fast_route(
+        app, path, predict, ["POST"],
+        tags=["predict"], response_model=PredictResponse, openapi_extra=PREDICT_OPENAPI,
+        responses={413: {"description": "body or batch too large"}, 422: {}, 503: {}},
+    )
 
 
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:

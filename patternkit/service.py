@@ -10,16 +10,18 @@ one JSON error shape for every 4xx/5xx, and a request body limit (413, refused u
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -30,6 +32,7 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patternkit.settings import ServiceSettings
@@ -138,6 +141,18 @@ class ServiceState:
             "http_requests_in_flight", "requests being served", registry=self.registry
         )
 
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The (counter, histogram) children for a request kind, looked up once."""
+        key = (method, route, status)
+        found = self._series.get(key)
+        if found is None:
+            found = (self.requests.labels(method, route, str(status)),
+                     self.latency.labels(method, route))
+            self._series[key] = found
+        return found
+
     @property
     def model_version(self) -> str | None:
         return self._version
@@ -183,7 +198,7 @@ class ServiceMiddleware:
                     length = int(value)
                 except ValueError:
                     length = None
-        rid = rid or uuid.uuid4().hex
+        rid = rid or os.urandom(16).hex()
         scope["patternkit.request_id"] = rid
         extra = [(b"x-request-id", rid.encode("latin-1")), self.served_by]
         if state.version_header:
@@ -225,10 +240,10 @@ class ServiceMiddleware:
                 state.in_flight -= 1
                 state.in_flight_gauge.dec()
             route = scope.get("route")
-            label = getattr(route, "path", None) or ("unmatched" if status == 404 else path)
-            method = scope["method"]
-            state.requests.labels(method, label, str(status)).inc()
-            state.latency.labels(method, label).observe(time.perf_counter() - start)
+            label = getattr(route, "path", None) or "unmatched"
+            count, latency = state.series(scope["method"], label, status)
+            count.inc()
+            latency.observe(time.perf_counter() - start)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count a body sent without Content-Length and stop reading it past the limit."""
@@ -290,6 +305,48 @@ def validation_error(exc: ValidationError, prefix: str = "body") -> RequestValid
     return RequestValidationError(errors)
 
 
+def ops_routes_last(app: FastAPI) -> None:
+    """Match the service's own routes before probes and docs: routes are tried in order."""
+    routes = app.router.routes
+    ops = {*OPS_PATHS, app.openapi_url, app.docs_url, app.redoc_url, "/docs/oauth2-redirect"}
+    routes[:] = sorted(routes, key=lambda r: getattr(r, "path", None) in ops)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def add_fast_route(
+    app: FastAPI, path: str, endpoint: Endpoint, methods: Sequence[str] = ("POST",), **doc: Any
+) -> None:
+    """Serve `path` with a plain Starlette route, documented in OpenAPI all the same.
+
+    FastAPI's per-request parameter handling costs about 50 us here, as much as the rest of a
+    prediction: hot paths take the `Request` and return a `Response` themselves, and `doc`
+    (APIRoute arguments: response_model, openapi_extra, tags, ...) describes them in /docs.
+    """
+    async def tagged(request: Request) -> Response:
+        request.scope["route"] = route  # FastAPI's router does not set it for plain routes
+        return await endpoint(request)
+
+    route = Route(path, tagged, methods=list(methods))
+    app.router.routes.append(route)
+    app.state.doc_routes.append(APIRoute(path, endpoint, methods=list(methods), **doc))
+
+
+def install_openapi(app: FastAPI) -> None:
+    """OpenAPI from the app's routes plus the documented fast routes."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version,
+                routes=[*app.routes, *app.state.doc_routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 Lifespan = Callable[[FastAPI, ServiceState], AbstractAsyncContextManager[None]]
 
 
@@ -311,6 +368,7 @@ def create_service(
 
     @asynccontextmanager
     async def scaffold_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ops_routes_last(app)
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s [" + state.served_by + "] %(message)s",
@@ -331,6 +389,8 @@ def create_service(
 
     app = FastAPI(title=title or settings.service_name, version=version, lifespan=scaffold_lifespan)
     app.state.service = state
+    app.state.doc_routes = []
+    install_openapi(app)
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, state=state)
 
