@@ -24,14 +24,49 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
 
-# name -> (dataset, estimator kind); every variant is a StandardScaler + classifier pipeline.
-VARIANTS: dict[str, tuple[str, str]] = {
-    "iris_lr": ("iris", "lr"),
-    "iris_rf": ("iris", "rf"),
-    "iris_heavy": ("iris", "heavy_rf"),
-    "wine_lr": ("wine", "lr"),
-    "breast_cancer_lr": ("breast_cancer", "lr"),
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A trainable model: dataset, estimator kind, and an optional binary relabelling.
+
+    `positive` makes a one-vs-rest binary model (class 1 = that class); `among` first keeps
+    only the rows of those classes (e.g. versicolor vs virginica).
+    """
+
+    dataset: str
+    kind: str
+    positive: str | None = None
+    among: tuple[str, ...] = ()
+
+
+# Every variant is a StandardScaler + classifier pipeline.
+VARIANTS: dict[str, Variant] = {
+    "iris_lr": Variant("iris", "lr"),
+    "iris_rf": Variant("iris", "rf"),
+    "iris_heavy": Variant("iris", "heavy_rf"),
+    "iris_setosa": Variant("iris", "lr", positive="setosa"),
+    "iris_versicolor": Variant("iris", "lr", positive="versicolor"),
+    "iris_virginica": Variant("iris", "lr", positive="virginica"),
+    "versicolor_vs_virginica": Variant(
+        "iris", "lr", positive="virginica", among=("versicolor", "virginica")
+    ),
+    "wine_lr": Variant("wine", "lr"),
+    "breast_cancer_lr": Variant("breast_cancer", "lr"),
 }
+
+
+def variant_data(variant: Variant) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The variant's training data: X, y, feature names, class names (binary: [rest, positive])."""
+    X, y, features, classes = load_dataset(variant.dataset)
+    if variant.among:
+        keep = np.isin(y, [classes.index(c) for c in variant.among])
+        X, y = X[keep], y[keep]
+    if variant.positive is not None:
+        y = (y == classes.index(variant.positive)).astype(np.int64)
+        rest = "-".join(c for c in (variant.among or classes) if c != variant.positive)
+        classes = [f"not_{variant.positive}" if not variant.among else rest, variant.positive]
+    return X, y, features, classes
 
 
 class ModelError(RuntimeError):
@@ -113,12 +148,12 @@ def train_model(
 
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
-    dataset, kind = VARIANTS[name]
-    X, y, features, classes = load_dataset(dataset)
+    variant = VARIANTS[name]
+    X, y, features, classes = variant_data(variant)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, random_state=seed, stratify=y
     )
-    pipeline = build_pipeline(kind, seed).fit(X_train, y_train)
+    pipeline = build_pipeline(variant.kind, seed).fit(X_train, y_train)
     accuracy = float(accuracy_score(y_test, pipeline.predict(X_test)))
     return write_artifact(
         pipeline,
@@ -128,7 +163,8 @@ def train_model(
         features=features,
         classes=classes,
         metrics={"accuracy": round(accuracy, 4), "n_train": len(y_train), "n_test": len(y_test)},
-        extra={"dataset": dataset, "estimator": kind, "seed": seed, "data_hash": data_hash(X, y)},
+        extra={"dataset": variant.dataset, "estimator": variant.kind, "seed": seed,
+               "data_hash": data_hash(X, y)},
     )
 
 

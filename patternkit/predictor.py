@@ -126,7 +126,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             await asyncio.sleep(cfg.load_delay_ms / 1000)
         holder["model"] = model
         state.model_version = model.version
-        state.metadata.update(model=model.manifest, model_path=str(model.path))
+        state.metadata.update(
+            model=model.manifest, model_path=str(model.path),
+            n_features=model.n_features, max_batch_rows=cfg.max_batch_rows,
+        )
         state.ready = True
         log.info("loaded model %s %s from %s", model.name, model.version, model.path)
 

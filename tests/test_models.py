@@ -79,3 +79,21 @@ def test_other_bundled_datasets_train(tmp_path: Path) -> None:
     assert manifest["input_schema"]["n_features"] == 13
     X, _, _, _ = load_dataset("wine")
     assert OnnxModel(tmp_path).predict(X[:5]).probabilities.shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "classes", "rows"),
+    [
+        ("iris_setosa", ["not_setosa", "setosa"], 150),
+        ("versicolor_vs_virginica", ["versicolor", "virginica"], 100),
+    ],
+)
+def test_binary_variants(tmp_path: Path, name: str, classes: list[str], rows: int) -> None:
+    manifest = train_model(name, tmp_path)
+    assert manifest["classes"] == classes
+    assert manifest["metrics"]["n_train"] + manifest["metrics"]["n_test"] == rows
+    X, y, _, _ = load_dataset("iris")
+    out = OnnxModel(tmp_path).predict(X)
+    assert out.probabilities.shape == (150, 2)
+    if name == "iris_setosa":
+        assert (out.labels == (y == 0)).mean() > 0.95
