@@ -94,7 +94,8 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             if spec.ready:
                 svc["healthcheck"] = _healthcheck(_http_probe(spec.ready))
             elif spec.healthcheck:
-                svc["healthcheck"] = _healthcheck(["CMD", *spec.healthcheck])
+                test = [arg.format_map(ctx) for arg in spec.healthcheck]
+                svc["healthcheck"] = _healthcheck(["CMD", *test])
             if spec.oneshot:
                 svc["restart"] = "no"
             deps = _depends(topology, spec)

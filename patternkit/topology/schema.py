@@ -92,6 +92,8 @@ class Topology(BaseModel):
                 check_placeholders(value, names, f"services.{name}.env.{key}")
             for i, arg in enumerate(spec.run or []):
                 check_placeholders(arg, names, f"services.{name}.run.{i}")
+            for i, arg in enumerate(spec.healthcheck or []):
+                check_placeholders(arg, names, f"services.{name}.healthcheck.{i}")
         self.order()  # raises on a cycle
         return self
 

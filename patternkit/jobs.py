@@ -1,0 +1,206 @@
+"""Background jobs: a Celery app configured so a job is neither lost nor retried forever.
+
+`make_celery` builds the app on a Redis broker with late acks, one message per worker, a short
+visibility timeout and a fast sweep of unacked messages, so a task whose worker is killed is
+redelivered within seconds. `JobStore` keeps one Redis hash per job (pending, running, done,
+failed, attempts, result or error) and `JobQueue` records a job, then sends its message.
+
+Why not Celery's result backend: on the Redis backend every `send_task` subscribes the
+producer to a pub/sub channel for the result, which a web API that never calls `.get()`
+leaks, and Celery reports an id it has never seen as PENDING, like a queued one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+from celery import Celery
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+# Count an attempt and mark the job running, unless it already finished (a duplicate
+# delivery): returns the attempt number, or 0 for a finished job.
+BEGIN_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then return 0 end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return attempt
+"""
+
+
+def make_celery(
+    name: str,
+    broker_url: str,
+    *,
+    result_backend: str | None = None,
+    visibility_timeout_s: float = 5.0,
+    **overrides: Any,
+) -> Celery:
+    """A Celery app on `broker_url` whose tasks survive a killed worker.
+
+    `visibility_timeout_s` is how long a delivered, unacked message waits before another
+    worker may take it: it must exceed the longest task (and any retry countdown), or a task
+    still running is delivered twice. Tasks must therefore be idempotent. The default queue
+    is `name`, so patterns sharing one Redis do not take each other's messages.
+    """
+    app = Celery(name, broker=broker_url, backend=result_backend, set_as_current=False)
+    app.conf.update(
+        task_default_queue=name,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,  # ack after the task ran, so a lost worker's task is redelivered
+        task_reject_on_worker_lost=True,  # a pool child killed mid-task: requeue, do not ack
+        worker_prefetch_multiplier=1,  # hold no more messages than the worker is running
+        task_track_started=True,
+        task_ignore_result=result_backend is None,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout_s,
+            "unacked_restore_interval": 1,  # sweep for expired unacked messages every second
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+    )
+    app.conf.update(overrides)
+    return app
+
+
+def _iso(ts: str | None) -> str | None:
+    if not ts:
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job's record as stored in Redis."""
+
+    id: str
+    status: str
+    attempts: int
+    fields: dict[str, str]
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        raw = self.fields.get("result")
+        return orjson.loads(raw) if raw else None
+
+    @property
+    def error(self) -> str | None:
+        return self.fields.get("error")
+
+    def view(self) -> dict[str, Any]:
+        """The job as an API shows it: status, attempts, times, then result or error."""
+        out: dict[str, Any] = {"job_id": self.id, "status": self.status, "attempts": self.attempts}
+        if self.status == DONE:
+            out.update(self.result or {})
+        elif self.status == FAILED:
+            out["error"] = self.error
+        elif self.fields.get("last_error"):
+            out["last_error"] = self.fields["last_error"]
+        for key in ("submitted_at", "started_at", "finished_at"):
+            if self.fields.get(key):
+                out[key] = _iso(self.fields[key])
+        if self.fields.get("worker"):
+            out["worker"] = self.fields["worker"]
+        return out
+
+
+class JobStore:
+    """Job records as Redis hashes `{prefix}:job:{id}`, kept `ttl_s` after their last change."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = 86_400) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._begin = client.register_script(BEGIN_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, ttl_s: int = 86_400) -> JobStore:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0)
+        return cls(client, prefix, ttl_s)
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _set(self, job_id: str, fields: dict[str, Any]) -> None:
+        key = self.key(job_id)
+        pipe = self.client.pipeline()
+        pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def create(self, job_id: str) -> None:
+        """Record a job as pending (the producer, before it sends the message)."""
+        self._set(job_id, {"status": PENDING, "attempts": 0, "submitted_at": time.time()})
+
+    def begin(self, job_id: str, worker: str) -> int:
+        """Count an attempt and mark the job running; 0 if it already finished."""
+        return int(self._begin(keys=[self.key(job_id)], args=[time.time(), worker, self.ttl_s]))
+
+    def requeue(self, job_id: str, error: str) -> None:
+        """An attempt failed and another one is scheduled."""
+        self._set(job_id, {"status": PENDING, "last_error": error})
+
+    def finish(self, job_id: str, result: dict[str, Any]) -> None:
+        """Store the result (numpy arrays allowed) and mark the job done."""
+        body = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        self._set(job_id, {"status": DONE, "result": body, "finished_at": time.time()})
+
+    def fail(self, job_id: str, error: str) -> None:
+        """Mark the job failed for good; nothing runs it again."""
+        self._set(job_id, {"status": FAILED, "error": error, "finished_at": time.time()})
+
+    def get(self, job_id: str) -> Job | None:
+        """The job's record, or None for an id never submitted (or expired)."""
+        fields: dict[str, str] = self.client.hgetall(self.key(job_id))  # type: ignore[assignment]
+        if not fields:
+            return None
+        return Job(job_id, fields.get("status", PENDING), int(fields.get("attempts", 0)), fields)
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(self.key(job_id))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class JobQueue:
+    """The producer side: record a job as pending, then send its task message by name."""
+
+    def __init__(self, app: Celery, store: JobStore, task_name: str) -> None:
+        self.app = app
+        self.store = store
+        self.task_name = task_name
+
+    def connect(self) -> None:
+        """Open the broker connection and declare the queue now, not on the first submit."""
+        self.store.client.ping()
+        _ = self.app.backend  # imports the (disabled) result backend's class now
+        with self.app.producer_pool.acquire(block=True) as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            queue = self.app.amqp.queues[self.app.conf.task_default_queue]
+            producer.maybe_declare(queue)
+
+    def submit(self, *args: Any, job_id: str | None = None) -> str:
+        """Enqueue `task_name(job_id, *args)`; returns the job id (also the Celery task id)."""
+        job_id = job_id or uuid.uuid4().hex
+        self.store.create(job_id)
+        try:
+            self.app.send_task(self.task_name, args=[job_id, *args], task_id=job_id)
+        except Exception:
+            self.store.delete(job_id)  # never report a job that no worker will ever see
+            raise
+        return job_id
+
+    def close(self) -> None:
+        self.store.close()
+        self.app.close()

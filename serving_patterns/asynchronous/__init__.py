@@ -1,0 +1,1 @@
+"""S3 Asynchronous: the API queues a job and answers at once; a Celery worker predicts later."""

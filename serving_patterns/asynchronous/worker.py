@@ -1,0 +1,234 @@
+"""The worker of S3: a Celery task runs the model on each queued job and records the result.
+
+Run as `celery -A serving_patterns.asynchronous.worker worker --pool=solo`. Celery reads `app`,
+which this module's `__getattr__` builds on first access from `WorkerSettings` (the
+environment): importing the module reads nothing, and this entry module is the one place that
+reads settings outside a factory call. A bootstep loads the ONNX model and opens the DB once
+per process, before Celery logs "ready."; each job then sleeps DELAY_MS, obeys FAIL_MODE,
+upserts its row into the `inference` table (D2) and is marked done. Transient failures are
+retried MAX_RETRIES times, other errors fail the job at once, a finished job is never rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+import sqlalchemy as sa
+from celery import Celery, Task, bootsteps
+from pydantic import Field, model_validator
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from patternkit.db import make_engine
+from patternkit.faults import Faults, InjectedFault
+from patternkit.infra import database_url
+from patternkit.jobs import JobStore, make_celery
+from patternkit.models import OnnxModel
+from patternkit.settings import ServiceSettings
+
+log = logging.getLogger("serving_patterns.asynchronous.worker")
+
+QUEUE = "asynchronous"
+TASK_NAME = "asynchronous.predict"
+# Failures worth another attempt: an injected (flaky) fault, a busy or unreachable DB or Redis.
+TRANSIENT: tuple[type[Exception], ...] = (InjectedFault, OperationalError, redis.ConnectionError)
+
+METADATA = sa.MetaData()
+INFERENCE = sa.Table(
+    "inference",
+    METADATA,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("n_rows", sa.Integer, nullable=False),
+    sa.Column("prediction", sa.JSON, nullable=False),
+    sa.Column("probabilities", sa.JSON, nullable=False),
+    sa.Column("worker", sa.String(64), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class WorkerSettings(ServiceSettings):
+    service_name: str = "worker"
+    redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
+    model_path: str = Field(..., description="model directory or .onnx file with a manifest")
+    delay_ms: int = Field(1000, ge=0, description="added time per job: a slow model")
+    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
+    max_retries: int = Field(2, ge=0, description="retries of a transient failure")
+    retry_backoff_ms: int = Field(200, ge=0, description="wait before a retry")
+    visibility_timeout_s: float = Field(
+        5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
+    )
+    database_url: str | None = Field(None, description="the inference DB (default: SQLite)")
+    run_dir: str = Field(".", description="where the default SQLite file lives")
+    job_ttl_s: int = Field(86_400, gt=0)
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_a_job(self) -> WorkerSettings:
+        longest_ms = self.delay_ms + self.retry_backoff_ms
+        if self.visibility_timeout_s * 1000 <= longest_ms:
+            raise ValueError(
+                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the longest job "
+                f"(DELAY_MS + RETRY_BACKOFF_MS = {longest_ms} ms), or running jobs run twice"
+            )
+        return self
+
+    @property
+    def inference_db(self) -> str:
+        return self.database_url or database_url(self.run_dir, "inference")
+
+
+def upsert_inference(engine: sa.Engine, row: dict[str, Any]) -> None:
+    """Insert the job's row, or overwrite it if a redelivered job gets here again."""
+    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    if engine.dialect.name not in dialects:
+        raise RuntimeError(f"the inference DB must be SQLite or PostgreSQL: {engine.dialect.name}")
+    stmt = dialects[engine.dialect.name](INFERENCE).values(row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[INFERENCE.c.job_id],
+        set_={k: stmt.excluded[k] for k in row if k != "job_id"},
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PredictionWorker:
+    """What a worker process holds (model, DB engine, job store) and how it runs one job."""
+
+    def __init__(self, cfg: WorkerSettings) -> None:
+        self.cfg = cfg
+        self.faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+        self.max_attempts = cfg.max_retries + 1
+        self.pid: int | None = None
+        self.model: OnnxModel
+        self.engine: sa.Engine
+        self.jobs: JobStore
+
+    def open(self) -> None:
+        """Load the model and connect, once per process (a no-op after that)."""
+        if self.pid == os.getpid():
+            return
+        self.model = OnnxModel(self.cfg.model_path)
+        self.engine = make_engine(self.cfg.inference_db)
+        METADATA.create_all(self.engine)
+        self.jobs = JobStore.from_url(self.cfg.redis_url, QUEUE, self.cfg.job_ttl_s)
+        self.pid = os.getpid()
+        log.info("loaded model %s %s; inference DB %s", self.model.name, self.model.version,
+                 self.engine.url.render_as_string(hide_password=True))
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            self.engine.dispose()
+            self.jobs.close()
+            self.pid = None
+
+    def predict(self, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
+        """The sync predictor's answer for `rows`, after DELAY_MS and subject to FAIL_MODE."""
+        if self.faults.delay_ms:
+            time.sleep(self.faults.delay_ms / 1000)
+        self.faults.check()
+        X = np.asarray(rows, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.model.n_features:
+            raise ValueError(
+                f"expected rows of {self.model.n_features} features, got shape {X.shape}"
+            )
+        out = self.model.predict(X)
+        return {
+            "prediction": out.labels,
+            "probabilities": out.probabilities,
+            "model": self.model.name,
+            "version": self.model.version,
+            "served_by": self.cfg.served_by,
+            "request_id": request_id,
+        }
+
+    def record(self, job_id: str, result: dict[str, Any], attempt: int) -> None:
+        upsert_inference(
+            self.engine,
+            {
+                "job_id": job_id,
+                "request_id": result["request_id"],
+                "model": result["model"],
+                "version": result["version"],
+                "n_rows": len(result["prediction"]),
+                "prediction": result["prediction"].tolist(),
+                "probabilities": result["probabilities"].tolist(),
+                "worker": self.cfg.served_by,
+                "attempts": attempt,
+                "created_at": datetime.now(UTC),
+            },
+        )
+
+    def run(self, task: Task, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
+        self.open()
+        attempt = self.jobs.begin(job_id, self.cfg.served_by)
+        if attempt == 0:
+            log.warning("job %s already finished: duplicate delivery ignored", job_id)
+            return
+        if attempt > self.max_attempts:
+            # every earlier attempt died with its worker (e.g. an input that crashes it)
+            self.jobs.fail(job_id, f"gave up: {attempt - 1} attempts never finished")
+            log.error("job %s failed: %d attempts never finished", job_id, attempt - 1)
+            return
+        try:
+            result = self.predict(rows, request_id)
+            self.record(job_id, result, attempt)
+        except TRANSIENT as exc:
+            if attempt < self.max_attempts:
+                self.jobs.requeue(job_id, describe(exc))
+                raise task.retry(exc=exc, countdown=self.cfg.retry_backoff_ms / 1000) from None
+            self.jobs.fail(job_id, describe(exc))
+            raise
+        except Exception as exc:  # bad data or a bug: another attempt would fail the same way
+            self.jobs.fail(job_id, describe(exc))
+            raise
+        self.jobs.finish(job_id, result)
+
+
+def create_worker(settings: WorkerSettings | None = None) -> Celery:
+    """The Celery app with the predict task and the bootstep that opens the worker's resources."""
+    cfg = settings or WorkerSettings()  # type: ignore[call-arg]
+    app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
+    worker = PredictionWorker(cfg)
+
+    class OpenResources(bootsteps.StartStopStep):
+        """Load the model and open the DB when a worker starts; a failure stops the worker."""
+
+        def start(self, parent: Any) -> None:
+            worker.open()
+
+        def stop(self, parent: Any) -> None:
+            worker.close()
+
+    app.steps["worker"].add(OpenResources)
+
+    @app.task(bind=True, name=TASK_NAME, max_retries=cfg.max_retries)
+    def predict(task: Task, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
+        worker.run(task, job_id, rows, request_id)
+
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`celery -A` looks up `app`: build it from the environment on that first access."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_worker()
+    return _app
