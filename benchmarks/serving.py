@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import shutil
 import statistics
@@ -45,11 +46,27 @@ def topology(model_dir: Path) -> Topology:
     })
 
 
+def pin_load_generator() -> None:
+    """Run the load generator on CPU 0 (the servers get CPU 1): less noise on 2 cores."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def pin_servers(stack: Stack) -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    for proc in stack.procs.values():
+        if proc.popen is not None and proc.alive:
+            os.sched_setaffinity(proc.popen.pid, set(cpus[1:]))
+    return f"load generator on CPU {cpus[0]}, servers on CPU {','.join(map(str, cpus[1:]))}"
+
+
 def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
          url + "/predict"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, preexec_fn=pin_load_generator,
     ).stdout
 
     def latency(pct: str) -> float:
@@ -71,6 +88,7 @@ def run_locust(url: str, seconds: int, connections: int, workdir: Path) -> dict[
          "--headless", "-u", str(connections), "-r", str(connections), "-t", f"{seconds}s",
          "--host", url, "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR"],
         capture_output=True, text=True, check=False, cwd=workdir,
+        preexec_fn=pin_load_generator,
     )
     with open(f"{prefix}_stats.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
@@ -104,8 +122,9 @@ def main() -> int:
             targets = {"predictor": stack.url("predictor"), "bare": stack.url("bare")}
             for url in targets.values():  # the predictor must answer before we measure it
                 httpx.post(url + "/predict", content=BODY).raise_for_status()
+            pinning = pin_servers(stack)
             print(f"load: {tool}, {args.connections} connections, {args.rounds} rounds x "
-                  f"{args.seconds}s per target, interleaved", flush=True)
+                  f"{args.seconds}s per target, interleaved; {pinning}", flush=True)
             rows, results = [], {name: [] for name in targets}
             for rnd in range(1, args.rounds + 1):
                 for name, url in targets.items():

@@ -64,10 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         entry = stack.url()
         print(f"\n{topology.title} is up: {entry}  (docs: {entry}/docs)")
+        example = topology.example
         print(
-            "try:\n  curl -s -X POST "
-            f"{entry}/predict -H 'content-type: application/json' "
-            "-d '{\"data\": [[5.1, 3.5, 1.4, 0.2]]}'\n"
+            f"try:\n  curl -s -X POST {entry}{example.path} "
+            f"-H 'content-type: application/json' -d '{example.body}'\n"
             "Ctrl-C stops every service.",
             flush=True,
         )

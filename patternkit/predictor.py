@@ -9,6 +9,7 @@ Patterns that need another model-backed endpoint reuse `add_predict_route`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -130,6 +131,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             model=model.manifest, model_path=str(model.path),
             n_features=model.n_features, max_batch_rows=cfg.max_batch_rows,
         )
+        gc.freeze()  # start-up objects never die: keep them out of every later GC pass
         state.ready = True
         log.info("loaded model %s %s from %s", model.name, model.version, model.path)
 

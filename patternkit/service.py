@@ -10,10 +10,10 @@ one JSON error shape for every 4xx/5xx, and a request body limit (413, refused u
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -198,7 +198,8 @@ class ServiceMiddleware:
                     length = int(value)
                 except ValueError:
                     length = None
-        rid = rid or os.urandom(16).hex()
+        # random.getrandbits, not uuid4/os.urandom: a syscall per request costs ~10 us here
+        rid = rid or f"{getrandbits(128):032x}"
         scope["patternkit.request_id"] = rid
         extra = [(b"x-request-id", rid.encode("latin-1")), self.served_by]
         if state.version_header:

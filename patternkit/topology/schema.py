@@ -64,6 +64,15 @@ class BackingSpec(BaseModel):
     description: str = ""
 
 
+class Example(BaseModel):
+    """The request `make run` suggests to try (a POST with a JSON body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field("/predict", pattern=r"^/")
+    body: str = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
+
+
 class Topology(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +83,7 @@ class Topology(BaseModel):
     category: Literal["serving", "qa", "training", "operation", "lifecycle", "antipattern"]
     entry: str = Field(..., description="the service a user talks to")
     scenario: str | None = Field(None, pattern=r"^[\w.]+:\w+$")
+    example: Example = Field(default_factory=Example)
     backing: dict[str, BackingSpec] = Field(default_factory=dict)
     services: dict[str, ServiceSpec] = Field(..., min_length=1)
 
