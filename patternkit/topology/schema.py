@@ -83,7 +83,7 @@ class Topology(BaseModel):
     category: Literal["serving", "qa", "training", "operation", "lifecycle", "antipattern"]
     entry: str = Field(..., description="the service a user talks to")
     scenario: str | None = Field(None, pattern=r"^[\w.]+:\w+$")
-    example: Example = Field(default_factory=Example)
+    example: Example = Field(default_factory=lambda: Example())
     backing: dict[str, BackingSpec] = Field(default_factory=dict)
     services: dict[str, ServiceSpec] = Field(..., min_length=1)
 
