@@ -112,7 +112,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     and `/predict` answer 503 until the model is in memory. A model that cannot be loaded
     (missing, tampered: sha256 mismatch) is logged and stops the process.
     """
-    cfg = settings or PredictorSettings()  # type: ignore[call-arg]
+    cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
     holder: dict[str, OnnxModel] = {}
 
