@@ -1,9 +1,10 @@
 """The pytest plugin behind every pattern's integration tests (loaded with `-p patternkit.testing`).
 
 `stack` boots the topology of the pattern under test (found from the test file's folder) once
-and shares it until the tests move on to another pattern; `fresh_stack(env=...)` boots a
-private copy for a test that kills services or needs other settings. When a test fails, the
-log tail of every service it used is attached to the report.
+and shares it until the tests move on to another pattern, and `entry` is a client for its
+entry service; `fresh_stack(env=...)` boots a private copy for a test that kills services or
+needs other settings. When a test fails, the log tail of every service it used is attached to
+the report. `BAD_PREDICT_BODIES` and `post_body` are the shared bad-input cases.
 """
 
 from __future__ import annotations
@@ -12,12 +13,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from patternkit.client import Client
 from patternkit.topology import Stack
 from patternkit.topology.schema import TOPOLOGY_FILE
 
 STACKS_ATTR = "_patternkit_stacks"
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+# Predict bodies that every service taking `{"data": [[...], ...]}` must refuse:
+# (body: a JSON value, or a str sent as is; status; text the error message contains).
+BAD_PREDICT_BODIES: list[tuple[object, int, str]] = [
+    ({"data": [ROW[:3]]}, 422, "expected 4 features"),
+    ({"data": []}, 422, "body.data"),
+    ({"rows": [ROW]}, 422, "body.data"),
+    ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
+    ('{"data": [[1e999, 3.5, 1.4, 0.2]]}', 422, "finite"),
+    ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
+    ("{not json", 422, "JSON"),
+    ({"data": [ROW] * 1001}, 413, "MAX_BATCH_ROWS"),
+]
+
+
+def post_body(client: Client, path: str, body: object) -> httpx.Response:
+    """POST `body` as JSON, or a str as raw bytes (to send NaN or broken JSON)."""
+    headers = {"content-type": "application/json"}
+    if isinstance(body, str):
+        return client.post(path, content=body, headers=headers)
+    return client.post(path, json=body, headers=headers)
 
 
 def pattern_folder(test_path: Path) -> Path:
@@ -76,6 +101,13 @@ def stack(request: pytest.FixtureRequest, _shared_stacks: SharedStacks) -> Stack
     booted = _shared_stacks.get(pattern_folder(request.path))
     _remember(request.node, booted)
     return booted
+
+
+@pytest.fixture
+def entry(stack: Stack) -> Iterator[Client]:
+    """A client for the entry service of the shared stack."""
+    with Client(stack.url()) as client:
+        yield client
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from patternkit.db import make_engine
 from patternkit.infra import database_url
 from patternkit.jobs import JobQueue, JobStore, make_celery
 from patternkit.models import OnnxModel, load_dataset
+from patternkit.testing import BAD_PREDICT_BODIES, post_body
 from patternkit.topology import Stack
 from serving_patterns.asynchronous.worker import INFERENCE, QUEUE, TASK_NAME
 
@@ -22,9 +23,8 @@ ROW = IRIS_ROWS[0][0]
 
 
 @pytest.fixture
-def api(stack: Stack) -> Iterator[Client]:
-    with Client(stack.url()) as client:
-        yield client
+def api(entry: Client) -> Client:
+    return entry
 
 
 @pytest.fixture
@@ -138,24 +138,12 @@ def test_a_job_the_model_cannot_take_fails_at_once_without_retries(
     assert "expected rows of 4 features" in failed["error"]
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "names"),
-    [
-        ({"data": [[5.1, 3.5, 1.4]]}, 422, "expected 4 features"),
-        ({"data": []}, 422, "body.data"),
-        ({"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "body.data"),
-        ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
-        ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
-        ("{not json", 422, "JSON"),
-        ({"data": [[5.1, 3.5, 1.4, 0.2]] * 1001}, 413, "MAX_BATCH_ROWS"),
-    ],
-)
+@pytest.mark.parametrize(("body", "status", "names"), BAD_PREDICT_BODIES)
 def test_bad_input_is_refused_before_it_is_queued(
     api: Client, body: object, status: int, names: str
 ) -> None:
     before = api.stats()["submitted"]
-    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
-    resp = api.post("/predict", headers={"content-type": "application/json"}, **kwargs)
+    resp = post_body(api, "/predict", body)
     assert resp.status_code == status, resp.text
     error = resp.json()
     assert names in error["message"]

@@ -14,6 +14,7 @@ import pytest
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.models import train_model
+from patternkit.testing import BAD_PREDICT_BODIES, post_body
 from patternkit.topology import Stack
 
 SETOSA, VERSICOLOR, VIRGINICA = (row for row, _ in IRIS_ROWS)
@@ -30,9 +31,8 @@ def predict(client: Client, row: list[float], **kwargs: object) -> httpx.Respons
 
 
 @pytest.fixture
-def proxy(stack: Stack) -> Iterator[Client]:
-    with Client(stack.url()) as client:
-        yield client
+def proxy(entry: Client) -> Client:
+    return entry
 
 
 @pytest.fixture
@@ -95,24 +95,14 @@ def test_different_inputs_get_different_keys(proxy: Client, predictor: Client) -
     assert hit_b.json()["prediction"] == [2]
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "names"),
-    [
-        ({"data": [[5.1, 3.5, 1.4]]}, 422, "expected 4 features"),
-        ({"data": []}, 422, "body.data"),
-        ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
-        ("{not json", 422, "JSON"),
-        ({"data": [[5.1, 3.5, 1.4, 0.2]] * 1001}, 413, "MAX_BATCH_ROWS"),
-    ],
-)
+@pytest.mark.parametrize(("body", "status", "names"), BAD_PREDICT_BODIES)
 def test_bad_input_gets_a_4xx_and_is_never_cached(
     proxy: Client, predictor: Client, body: object, status: int, names: str
 ) -> None:
-    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
     predictor_hits = predictor.stats()["hits"]
     cache_before = proxy.stats()["cache"]
     for _ in range(2):
-        resp = proxy.post("/predict", headers={"content-type": "application/json"}, **kwargs)
+        resp = post_body(proxy, "/predict", body)
         assert resp.status_code == status, resp.text
         assert names in resp.json()["message"]
         assert "x-cache" not in resp.headers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 
 from patternkit.client import Client
 from patternkit.models import load_dataset
+from patternkit.testing import BAD_PREDICT_BODIES, post_body
 from patternkit.topology import Stack
 
 
 @pytest.fixture
-def lb(stack: Stack) -> Iterator[Client]:
-    with Client(stack.url()) as client:
-        yield client
+def lb(entry: Client) -> Client:
+    return entry
 
 
 def test_predictions_match_the_offline_pipeline(stack: Stack, lb: Client) -> None:
@@ -68,22 +67,9 @@ def test_request_id_is_propagated_or_generated(lb: Client) -> None:
     assert len(generated.headers["x-request-id"]) >= 16
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "names"),
-    [
-        ({"data": [[5.1, 3.5, 1.4]]}, 422, "expected 4 features"),
-        ({"data": []}, 422, "body.data"),
-        ({"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "body.data"),
-        ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
-        ('{"data": [[1e999, 3.5, 1.4, 0.2]]}', 422, "finite"),
-        ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
-        ("{not json", 422, "JSON"),
-        ({"data": [[5.1, 3.5, 1.4, 0.2]] * 1001}, 413, "MAX_BATCH_ROWS"),
-    ],
-)
+@pytest.mark.parametrize(("body", "status", "names"), BAD_PREDICT_BODIES)
 def test_bad_input_gets_a_clear_4xx(lb: Client, body: object, status: int, names: str) -> None:
-    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
-    resp = lb.post("/predict", headers={"content-type": "application/json"}, **kwargs)
+    resp = post_body(lb, "/predict", body)
     assert resp.status_code == status, resp.text
     error = resp.json()
     assert names in error["message"]
