@@ -1,0 +1,103 @@
+"""The proxy of S6: runs the chain of stages in order and answers with the final label and trace.
+
+Stage 1 (`iris_setosa`) sees every row; a row it calls setosa is done. Only the other rows go
+on to stage 2 (`versicolor_vs_virginica`), which tells them apart, so a setosa row costs one
+stage and any other row two. The reply carries the 3-class label, which stage decided each row
+and a trace of the stage calls (name, served_by, model, version, rows, ms). A stage that fails
+turns the request into a 502/503/504 naming that stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import Field
+
+from patternkit.backends import Backend, call_model
+from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.proxy import Upstream
+from patternkit.service import ServiceState, create_service, json_response, request_id
+from patternkit.settings import ServiceSettings
+
+CLASSES = ("setosa", "versicolor", "virginica")
+SETOSA = 1  # stage 1's positive label: the row is setosa
+
+
+class ChainProxySettings(ServiceSettings):
+    """Where the two stages are and how long each may take."""
+
+    service_name: str = "proxy"
+    stage1_url: str = Field(..., description="base URL of stage 1 (iris_setosa)")
+    stage2_url: str = Field(..., description="base URL of stage 2 (versicolor_vs_virginica)")
+    stage_timeout_ms: int = Field(2000, gt=0, description="deadline of each stage call")
+    n_features: int = Field(4, gt=0, description="row width the chain's models take")
+    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
+
+
+def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
+    cfg = settings or ChainProxySettings()
+    stage1 = Backend("stage1", cfg.stage1_url.rstrip("/"))
+    stage2 = Backend("stage2", cfg.stage2_url.rstrip("/"))
+    timeout_s = cfg.stage_timeout_ms / 1000
+    res: dict[str, Upstream] = {}
+    counts = {"stage1_calls": 0, "stage2_calls": 0, "rows_done_at_stage1": 0,
+              "rows_done_at_stage2": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        res["upstream"] = Upstream(timeout_s)
+        state.stats["chain"] = counts
+        state.metadata.update(stages=[stage1.url, stage2.url],
+                              stage_timeout_ms=cfg.stage_timeout_ms, classes=list(CLASSES))
+        yield
+        await res["upstream"].aclose()
+
+    app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan)
+
+    @app.post(
+        "/predict",
+        tags=["predict"],
+        openapi_extra=PREDICT_OPENAPI,
+        responses={413: {"description": "body or batch too large"}, 422: {},
+                   502: {"description": "a stage failed; the message names it"},
+                   503: {}, 504: {"description": "a stage missed STAGE_TIMEOUT_MS"}},
+    )
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        X, body_rid = parse_batch(await request.body(), cfg.n_features, cfg.max_batch_rows)
+        rid = body_rid or request_id(request)
+        upstream = res["upstream"]
+
+        counts["stage1_calls"] += 1
+        first = await call_model(upstream, stage1, X, rid, timeout_s)
+        labels = np.zeros(len(X), dtype=np.int64)  # setosa unless stage 2 says otherwise
+        decided_by = ["stage1"] * len(X)
+        trace: list[dict[str, Any]] = [first.trace(rows=list(range(len(X))))]
+
+        onward = np.flatnonzero(np.asarray(first.prediction) != SETOSA)
+        if onward.size:
+            counts["stage2_calls"] += 1
+            second = await call_model(upstream, stage2, X[onward], rid, timeout_s)
+            labels[onward] = 1 + np.asarray(second.prediction)  # 0 versicolor, 1 virginica
+            for i in onward:
+                decided_by[i] = "stage2"
+            trace.append(second.trace(rows=onward.tolist()))
+        counts["rows_done_at_stage1"] += len(X) - onward.size
+        counts["rows_done_at_stage2"] += onward.size
+
+        return json_response({
+            "prediction": labels,
+            "labels": [CLASSES[i] for i in labels],
+            "decided_by": decided_by,
+            "trace": trace,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "request_id": rid,
+        })
+
+    return app
