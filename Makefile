@@ -8,7 +8,7 @@ DEFAULT_PATTERN := serving_patterns/web_single
 # PATTERN=... picks one pattern for run, demo and test
 SELECTED = $(if $(PATTERN),$(PATTERN),)
 
-.PHONY: run demo test lint check render bench list clean venv
+.PHONY: run demo test lint check render bench list clean venv vendor
 
 venv: $(STAMP)
 
@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -e '.[test,bench]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) vendor
 	$(PY) -m patternkit run $(if $(SELECTED),$(SELECTED),$(DEFAULT_PATTERN)) --port $(PORT)
 
-demo: $(STAMP)
+demo: $(STAMP) vendor
 	$(PY) -m patternkit demo $(SELECTED)
 
 list: $(STAMP)
@@ -37,8 +37,28 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: check lint
+test: check lint vendor
 	$(PY) -m pytest $(SELECTED)
+
+# onnxruntime-web for the S13 edge page, from the npm registry; git-ignored, never committed.
+# Skipped when npm is not on PATH (the browser test then says why it skips).
+ORT_WEB_VERSION := 1.30.0
+ORT_WEB_DIR := serving_patterns/edge_prediction/static/vendor
+ORT_WEB_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
+ORT_WEB_STAMP := $(ORT_WEB_DIR)/.onnxruntime-web-$(ORT_WEB_VERSION)
+NPM := $(shell command -v npm 2>/dev/null)
+
+vendor: $(if $(NPM),$(ORT_WEB_STAMP))
+
+$(ORT_WEB_STAMP):
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	if (cd "$$tmp" && npm pack --quiet onnxruntime-web@$(ORT_WEB_VERSION) >/dev/null) && \
+	   tar -xzf "$$tmp/onnxruntime-web-$(ORT_WEB_VERSION).tgz" -C "$$tmp" \
+	       $(addprefix package/dist/,$(ORT_WEB_FILES)); then \
+	  rm -rf $(ORT_WEB_DIR) && mkdir -p $(ORT_WEB_DIR) && \
+	  cp $(addprefix "$$tmp"/package/dist/,$(ORT_WEB_FILES)) $(ORT_WEB_DIR)/ && touch $@ && \
+	  echo "vendored onnxruntime-web $(ORT_WEB_VERSION) into $(ORT_WEB_DIR)"; \
+	else echo "vendor: could not fetch onnxruntime-web $(ORT_WEB_VERSION); the browser test will skip" >&2; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/serving.py

@@ -1,0 +1,280 @@
+"""The model distribution service of S13: hands versioned, sha256-checked ONNX models to devices.
+
+The model folder holds one sub-folder per published version (`<MODEL_DIR>/1.0.0/model.onnx` +
+`manifest.json`, written by trainer one-shots) and is read again on every request, so a version
+is offered as soon as its folder is renamed into place. `GET /models/latest` and
+`GET /models/{version}` describe a version, `GET /models/{version}/model.onnx` sends the bytes
+with `ETag: "<sha256>"` (304 on a matching `If-None-Match`), and devices report counts, never
+their inputs, to `POST /telemetry`. It also serves the web page that runs the same model in the
+browser with onnxruntime-web.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from patternkit.models import MANIFEST_FILE, MODEL_FILE
+from patternkit.service import ApiError, ServiceState, create_service, json_response
+from patternkit.settings import ServiceSettings
+
+log = logging.getLogger("edge_prediction.distribution")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+VERSION_RE = re.compile(r"^(\d{1,6})\.(\d{1,6})\.(\d{1,6})$")
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"  # a published version never changes
+CORS = {"access-control-allow-origin": "*", "access-control-expose-headers": "etag"}
+
+
+class DistributionSettings(ServiceSettings):
+    """Where the published versions and the web page live."""
+
+    service_name: str = "distribution"
+    model_dir: str = Field(..., description="one sub-folder per version: X.Y.Z/model.onnx")
+    static_dir: str = Field(str(STATIC_DIR), description="the web page and vendored ORT web")
+
+
+def version_key(version: str) -> tuple[int, int, int]:
+    match = VERSION_RE.match(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a version like 1.0.0")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published version: its folder, manifest and the size of its model file."""
+
+    version: str
+    folder: Path
+    manifest: dict[str, Any]
+    size: int
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["sha256"])
+
+    @property
+    def url(self) -> str:
+        return f"/models/{self.version}/{MODEL_FILE}"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.manifest.get("name"),
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "url": self.url,
+            "manifest_url": f"/models/{self.version}",
+            "created": self.manifest.get("created"),
+            "metrics": self.manifest.get("metrics", {}),
+        }
+
+
+class ModelStore:
+    """The published versions in the model folder, read from disk on every call."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def versions(self) -> list[str]:
+        """Published version names, newest first (folders named like a version only)."""
+        try:
+            names = [p.name for p in self.root.iterdir() if p.is_dir()]
+        except OSError:
+            return []
+        return sorted((n for n in names if VERSION_RE.match(n)), key=version_key, reverse=True)
+
+    def load(self, version: str) -> Published | None:
+        """The version, or None while it is incomplete or unreadable (logged)."""
+        folder = self.root / version
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+            size = (folder / MODEL_FILE).stat().st_size
+        except FileNotFoundError:
+            return None  # not (completely) published
+        except (OSError, ValueError) as exc:
+            log.warning("skipping version %s: unreadable artifact: %s", version, exc)
+            return None
+        if manifest.get("version") != version or not manifest.get("sha256"):
+            log.warning("skipping version %s: its manifest says version %r, sha256 %r",
+                        version, manifest.get("version"), manifest.get("sha256"))
+            return None
+        return Published(version, folder, manifest, size)
+
+    def published(self) -> list[Published]:
+        return [p for p in (self.load(v) for v in self.versions()) if p is not None]
+
+    def latest(self) -> Published:
+        for version in self.versions():
+            found = self.load(version)
+            if found is not None:
+                return found
+        raise ApiError(404, f"no model version is published in {self.root} yet", "no_model")
+
+    def get(self, version: str) -> Published:
+        if VERSION_RE.match(version) is None:
+            raise ApiError(
+                422, f"version {version!r} is not of the form X.Y.Z (e.g. 1.0.0)",
+                "validation_error", [{"loc": "path.version", "msg": "expected X.Y.Z"}],
+            )
+        found = self.load(version)
+        if found is None:
+            known = ", ".join(self.versions()) or "none"
+            raise ApiError(
+                404, f"model version {version} is not published (published: {known})",
+                "model_not_found",
+            )
+        return found
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an `If-None-Match` header names `etag` (weak tags and `*` included)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return any(t == "*" or t.removeprefix("W/") == etag for t in tags)
+
+
+class TelemetryReport(BaseModel):
+    """What a device reports: its version and counts. There is no field for inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    version: str = Field(..., pattern=VERSION_RE.pattern)
+    predictions: int = Field(..., ge=0, description="predictions made on the device so far")
+    class_counts: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=64)] = (
+        Field(default_factory=dict)
+    )
+    fallbacks: int = Field(0, ge=0, description="predictions the server made instead")
+
+
+def create_app(settings: DistributionSettings | None = None) -> FastAPI:
+    """The distribution app (uvicorn --factory ...edge_prediction.distribution:create_app)."""
+    cfg = settings or DistributionSettings()
+    store = ModelStore(Path(cfg.model_dir))
+    static_root = Path(cfg.static_dir).resolve()
+    devices: dict[str, dict[str, Any]] = {}
+    counts: Counter[str] = Counter()
+    downloads: Counter[str] = Counter()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        store.root.mkdir(parents=True, exist_ok=True)
+        state.metadata.update(model_dir=str(store.root), static_dir=str(static_root))
+        state.stats.update(requests=counts, downloads_by_version=downloads)
+        log.info("serving versions %s from %s", store.versions() or "(none yet)", store.root)
+        yield
+
+    app = create_service(cfg, title="edge prediction: model distribution", lifespan=lifespan)
+
+    @app.get("/models", tags=["models"])
+    async def list_models() -> Response:
+        published = store.published()
+        return json_response(
+            {"latest": published[0].version if published else None,
+             "versions": [p.summary() for p in published]},
+            headers={"cache-control": "no-cache", **CORS},
+        )
+
+    @app.get("/models/latest", tags=["models"])
+    async def latest(request: Request) -> Response:
+        """The newest version; `ETag: "<version>:<sha256>"` makes polling for updates cheap."""
+        counts["latest_checks"] += 1
+        found = store.latest()
+        etag = f'"{found.version}:{found.sha256}"'
+        headers = {"etag": etag, "cache-control": "no-cache", **CORS}
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            counts["latest_not_modified"] += 1
+            return Response(status_code=304, headers=headers)
+        return json_response(found.summary(), headers=headers)
+
+    @app.get("/models/{version}", tags=["models"])
+    async def manifest(version: str) -> Response:
+        found = store.get(version)
+        counts["manifests"] += 1
+        return json_response(
+            {**found.manifest, "size": found.size, "url": found.url},
+            headers={"cache-control": IMMUTABLE, **CORS},
+        )
+
+    @app.api_route(f"/models/{{version}}/{MODEL_FILE}", methods=["GET", "HEAD"], tags=["models"])
+    async def model_file(version: str, request: Request) -> Response:
+        """The model bytes as stored; devices check them against the manifest's sha256."""
+        found = store.get(version)
+        etag = f'"{found.sha256}"'
+        headers = {"etag": etag, "cache-control": IMMUTABLE, **CORS}
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            counts["not_modified"] += 1
+            return Response(status_code=304, headers=headers)
+        try:  # small files: read whole, so a version withdrawn meanwhile is a 404, not a 500
+            data = await asyncio.to_thread(found.model_path.read_bytes)
+        except FileNotFoundError:
+            raise ApiError(
+                404, f"model version {version} was withdrawn", "model_not_found"
+            ) from None
+        if request.method == "GET":
+            counts["downloads"] += 1
+            downloads[version] += 1
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    @app.post("/telemetry", tags=["telemetry"], status_code=202)
+    async def telemetry(report: TelemetryReport) -> Response:
+        """A device's counts (the last report per device is kept, in memory)."""
+        counts["telemetry_reports"] += 1
+        devices[report.device_id] = {
+            **report.model_dump(exclude={"device_id"}),
+            "reported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        return json_response({"accepted": True, "device_id": report.device_id}, status=202)
+
+    @app.get("/telemetry", tags=["telemetry"])
+    async def telemetry_summary() -> Response:
+        versions = Counter(str(d["version"]) for d in devices.values())
+        return json_response({"devices": devices, "versions_in_use": dict(versions)})
+
+    def static_file(relative: str) -> Response:
+        path = (static_root / relative).resolve()
+        if not path.is_relative_to(static_root) or not path.is_file():
+            hint = " (run `make vendor` to fetch onnxruntime-web)" if "vendor/" in relative else ""
+            raise ApiError(404, f"no static file {relative!r}{hint}", "not_found")
+        media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        return FileResponse(path, media_type=media, headers={"cache-control": "no-cache"})
+
+    @app.get("/", tags=["page"], include_in_schema=False)
+    async def index() -> Response:
+        return static_file("index.html")
+
+    @app.get("/static/{relative:path}", tags=["page"], include_in_schema=False)
+    async def static(relative: str) -> Response:
+        return static_file(relative)
+
+    return app
+
