@@ -65,9 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         entry = stack.url()
         print(f"\n{topology.title} is up: {entry}  (docs: {entry}/docs)")
         example = topology.example
+        headers = "".join(f" -H '{k}: {v}'" for k, v in example.headers.items())
         print(
             f"try:\n  curl -s -X POST {entry}{example.path} "
-            f"-H 'content-type: application/json' -d '{example.body}'\n"
+            f"-H 'content-type: application/json'{headers} -d '{example.body}'\n"
             "Ctrl-C stops every service.",
             flush=True,
         )

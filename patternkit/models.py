@@ -114,14 +114,14 @@ def build_pipeline(kind: str, seed: int) -> Any:
     return Pipeline([("scaler", StandardScaler()), ("clf", estimators[kind]())])
 
 
-def export_onnx(estimator: Any, n_features: int) -> bytes:
-    """Serialise a fitted classifier to ONNX with plain `label` and `probabilities` outputs."""
+def export_onnx(estimator: Any, n_features: int, classifier: bool = True) -> bytes:
+    """Serialise a fitted estimator to ONNX (float32 in); a classifier gets plain `label` and
+    `probabilities` outputs, a transformer (`classifier=False`) its transformed matrix."""
     from skl2onnx import to_onnx
 
     sample = np.zeros((1, n_features), dtype=np.float32)
-    onx = to_onnx(
-        estimator, sample, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3}
-    )
+    options = {"zipmap": False} if classifier else None
+    onx = to_onnx(estimator, sample, options=options, target_opset={"": 17, "ai.onnx.ml": 3})
     return bytes(onx.SerializeToString())
 
 
@@ -175,24 +175,25 @@ def write_artifact(
     name: str,
     version: str,
     features: list[str],
-    classes: list[str],
-    metrics: dict[str, Any],
+    classes: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    classifier: bool = True,
 ) -> dict[str, Any]:
-    """Export a fitted estimator to `out_dir/model.onnx` and write its manifest."""
+    """Export a fitted estimator to `out_dir/model.onnx` and write its manifest beside it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     tmp = model_path.with_suffix(".onnx.tmp")
-    tmp.write_bytes(export_onnx(estimator, len(features)))
+    tmp.write_bytes(export_onnx(estimator, len(features), classifier))
     tmp.replace(model_path)
     manifest: dict[str, Any] = {
         "name": name,
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "metrics": metrics,
+        "metrics": metrics or {},
         "input_schema": {"n_features": len(features), "features": features, "dtype": "float32"},
-        "classes": classes,
+        "classes": classes or [],
         "libraries": library_versions(),
         "file": MODEL_FILE,
         "sha256": sha256_file(model_path),
@@ -214,19 +215,7 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        model_path, manifest_path = resolve_artifact(path)
-        if not manifest_path.is_file():
-            raise ModelError(f"no {MANIFEST_FILE} beside {model_path}")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"unreadable manifest {manifest_path}: {exc}") from exc
-        actual = sha256_file(model_path)
-        if actual != self.manifest.get("sha256"):
-            raise ModelError(
-                f"sha256 mismatch for {model_path}: manifest says "
-                f"{self.manifest.get('sha256')}, file is {actual}"
-            )
+        model_path, self.manifest = read_verified_manifest(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -251,6 +240,24 @@ class OnnxModel:
     def predict(self, X: np.ndarray) -> Prediction:
         labels, probabilities = self.session.run(None, {self.input_name: X})
         return Prediction(labels=labels, probabilities=probabilities)
+
+
+def read_verified_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(model file, manifest) for an artifact whose file matches the manifest's sha256."""
+    model_path, manifest_path = resolve_artifact(path)
+    if not manifest_path.is_file():
+        raise ModelError(f"no {MANIFEST_FILE} beside {model_path}")
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable manifest {manifest_path}: {exc}") from exc
+    actual = sha256_file(model_path)
+    if actual != manifest.get("sha256"):
+        raise ModelError(
+            f"sha256 mismatch for {model_path}: manifest says {manifest.get('sha256')}, "
+            f"file is {actual}"
+        )
+    return model_path, manifest
 
 
 def resolve_artifact(path: str | Path) -> tuple[Path, Path]:

@@ -17,7 +17,16 @@ from fastapi.responses import Response
 
 from patternkit.service import ApiError, request_id
 
-PASS_HEADERS = ("content-type", "x-served-by", "x-model-version")
+PASS_HEADERS = frozenset({"content-type", "www-authenticate", "retry-after"})
+
+
+def passed_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The backend's reply headers a proxy passes on: its `x-*` ones (identity, version,
+    lineage, cache) and a few standard ones; not its request id, which is the caller's."""
+    return {
+        k: v for k, v in headers.items()
+        if k in PASS_HEADERS or (k.startswith("x-") and k != "x-request-id")
+    }
 
 
 def split_urls(value: str) -> list[str]:
@@ -65,27 +74,30 @@ class Upstream:
         body: bytes | None = None,
         rid: str | None = None,
         timeout_s: float | None = None,
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> Reply:
-        headers = {"content-type": "application/json"}
+        """One call; `name` (e.g. the backend's role) goes into error messages with the URL."""
+        sent = {"content-type": "application/json", **(headers or {})}
         if rid:
-            headers["x-request-id"] = rid
+            sent["x-request-id"] = rid
+        who = f"{name} at {url}" if name else url
         timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
         try:
             resp = await self.client.request(
-                method, url, content=body, headers=headers, timeout=timeout
+                method, url, content=body, headers=sent, timeout=timeout
             )
         except httpx.TimeoutException:
             limit = self.timeout_s if timeout_s is None else timeout_s
             raise ApiError(
-                504, f"backend {url} did not answer within {limit * 1000:.0f} ms",
+                504, f"backend {who} did not answer within {limit * 1000:.0f} ms",
                 "backend_timeout",
             ) from None
         except httpx.TransportError as exc:
             raise ApiError(
-                502, f"backend {url} is unreachable: {type(exc).__name__}", "backend_unavailable"
+                502, f"backend {who} is unreachable: {type(exc).__name__}", "backend_unavailable"
             ) from None
-        passed = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
-        return Reply(resp.status_code, resp.content, passed, url)
+        return Reply(resp.status_code, resp.content, passed_headers(resp.headers), url)
 
     async def forward(self, request: Request, url: str, timeout_s: float | None = None) -> Reply:
         """Send the incoming request's body to `url` with the same method."""

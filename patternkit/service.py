@@ -42,6 +42,8 @@ log = logging.getLogger("patternkit.service")
 OPS_PATHS = frozenset({"/health", "/ready", "/metadata", "/metrics", "/stats"})
 STATUS_ERRORS = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",

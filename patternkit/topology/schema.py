@@ -71,6 +71,7 @@ class Example(BaseModel):
 
     path: str = Field("/predict", pattern=r"^/")
     body: str = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class Topology(BaseModel):

@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
 
+from patternkit.backends import parse_backends
+from patternkit.proxy import Upstream
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
-
-PASS_BACK = ("content-type", "x-served-by", "x-model-version", "www-authenticate")
 
 
 class ProxySettings(ServiceSettings):
@@ -28,33 +27,17 @@ class ProxySettings(ServiceSettings):
     backend_timeout_ms: int = Field(5000, gt=0, description="per call to a model server")
 
 
-def parse_model_urls(value: str) -> dict[str, str]:
-    """`iris_lr=http://a:1,wine=http://b:2` -> {"iris_lr": "http://a:1", "wine": ...}."""
-    routes: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in value.split(","))):
-        name, eq, url = pair.partition("=")
-        if not eq or not name.strip() or not url.strip():
-            raise ValueError(f"MODEL_URLS: expected name=url, got {pair!r}")
-        routes[name.strip()] = url.strip().rstrip("/")
-    if not routes:
-        raise ValueError("MODEL_URLS names no model server")
-    return routes
-
-
 def create_app(settings: ProxySettings | None = None) -> FastAPI:
-    cfg = settings or ProxySettings()  # type: ignore[call-arg]
-    routes = parse_model_urls(cfg.model_urls)
-    timeout_s = cfg.backend_timeout_ms / 1000
-    http: dict[str, httpx.AsyncClient] = {}
+    cfg = settings or ProxySettings()
+    routes = {b.name: b.url for b in parse_backends(cfg.model_urls)}
+    upstream: dict[str, Upstream] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        http["client"] = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 1.0))
-        )
+        upstream["client"] = Upstream(cfg.backend_timeout_ms / 1000)
         state.metadata["models"] = routes
         yield
-        await http["client"].aclose()
+        await upstream["client"].aclose()
 
     app = create_service(cfg, title="serving template: proxy", lifespan=lifespan)
 
@@ -69,20 +52,12 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
             raise ApiError(404, f"no model server named {name!r}; known: {', '.join(routes)}")
         url = f"{base}/{path}" + (f"?{request.url.query}" if request.url.query else "")
         headers = {"content-type": request.headers.get("content-type", "application/json")}
-        headers["x-request-id"] = request_id(request) or ""
         if "x-api-key" in request.headers:
             headers["x-api-key"] = request.headers["x-api-key"]
-        try:
-            reply = await http["client"].request(
-                request.method, url, content=await request.body(), headers=headers
-            )
-        except httpx.TimeoutException:
-            raise ApiError(504, f"model server {name} ({base}) did not answer within "
-                                f"{cfg.backend_timeout_ms} ms", "backend_timeout") from None
-        except httpx.TransportError as exc:
-            raise ApiError(502, f"model server {name} ({base}) is unreachable: "
-                                f"{type(exc).__name__}", "backend_unavailable") from None
-        passed = {k: reply.headers[k] for k in PASS_BACK if k in reply.headers}
-        return Response(reply.content, status_code=reply.status_code, headers=passed)
+        reply = await upstream["client"].call(
+            request.method, url, body=await request.body(), rid=request_id(request),
+            headers=headers, name=f"model server {name}",
+        )
+        return reply.response()
 
     return app

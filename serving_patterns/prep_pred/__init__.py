@@ -1,0 +1,1 @@
+"""S5 Prep-pred: a proxy chains feature retrieval, preprocessing and prediction services."""

@@ -1,0 +1,28 @@
+"""The feature table of S5, `prep_pred_features`: one row of iris measurements per id.
+
+The trainer fills it once (ids 0-149, upserted, so a rerun changes nothing) and the retrieve
+stage reads it. It lives in `DATABASE_URL` (PostgreSQL) when that is set, else in SQLite under
+the run directory; the table name carries the pattern's name so patterns can share a database.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from patternkit.infra import database_url
+
+TABLE = "prep_pred_features"
+FEATURE_COLUMNS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+METADATA = sa.MetaData()
+FEATURES = sa.Table(
+    TABLE,
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    *(sa.Column(name, sa.Float, nullable=False) for name in FEATURE_COLUMNS),
+)
+
+
+def features_url(run_dir: str) -> str:
+    """`DATABASE_URL` if set, else the SQLite file `prep_pred.db` in the run directory."""
+    return database_url(run_dir, "prep_pred")
