@@ -37,7 +37,7 @@ class ApiSettings(ServiceSettings):
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    cfg = settings or ApiSettings()  # type: ignore[call-arg]
+    cfg = settings or ApiSettings()
     held: dict[str, JobQueue] = {}
     schema: dict[str, int] = {}
 

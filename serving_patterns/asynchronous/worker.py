@@ -41,7 +41,7 @@ TRANSIENT: tuple[type[Exception], ...] = (InjectedFault, OperationalError, redis
 
 METADATA = sa.MetaData()
 INFERENCE = sa.Table(
-    "inference",
+    "asynchronous_inference",
     METADATA,
     sa.Column("job_id", sa.String(64), primary_key=True),
     sa.Column("request_id", sa.String(128)),
@@ -199,7 +199,7 @@ class PredictionWorker:
 
 def create_worker(settings: WorkerSettings | None = None) -> Celery:
     """The Celery app with the predict task and the bootstep that opens the worker's resources."""
-    cfg = settings or WorkerSettings()  # type: ignore[call-arg]
+    cfg = settings or WorkerSettings()
     app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
     worker = PredictionWorker(cfg)
 

@@ -145,7 +145,7 @@ class PredictionCache:
 
 
 def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
-    cfg = settings or CacheProxySettings()  # type: ignore[call-arg]
+    cfg = settings or CacheProxySettings()
     base = cfg.predictor_url.rstrip("/")
     model: dict[str, Any] = {}  # n_features of the predictor's model
     res: dict[str, Any] = {}  # the upstream client and the cache, opened in the lifespan

@@ -55,7 +55,7 @@ def create_app(settings: TemplateSettings | None = None) -> FastAPI:
     A bad config, a missing API key env var or a model that disagrees with the config stops
     the server at start-up with a message naming the problem, rather than serving wrongly.
     """
-    cfg = settings or TemplateSettings()  # type: ignore[call-arg]
+    cfg = settings or TemplateSettings()
     loaded = load_config(cfg.serving_config)
     config = loaded.config
     key = api_key_from_env(config.auth.api_key_env, str(loaded.path))

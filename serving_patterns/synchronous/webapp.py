@@ -37,7 +37,7 @@ class Checkout(BaseModel):
 
 
 def create_app(settings: WebAppSettings | None = None) -> FastAPI:
-    cfg = settings or WebAppSettings()  # type: ignore[call-arg]
+    cfg = settings or WebAppSettings()
     upstream: dict[str, Upstream] = {}
     predict_url = cfg.predictor_url.rstrip("/") + "/predict"
 

@@ -26,7 +26,7 @@ class LBSettings(ServiceSettings):
 
 
 def create_app(settings: LBSettings | None = None) -> FastAPI:
-    cfg = settings or LBSettings()  # type: ignore[call-arg]
+    cfg = settings or LBSettings()
     balancer = RoundRobin(split_urls(cfg.backend_urls))
     upstream: dict[str, Upstream] = {}
 
