@@ -15,7 +15,6 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 
 from patternkit.faults import Faults, InjectedFault
 from patternkit.models import ModelError, OnnxModel
-from patternkit.schemas import PredictRequest, PredictResponse
+from patternkit.schemas import PREDICT_OPENAPI, PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
     ServiceState,
@@ -37,14 +36,6 @@ from patternkit.service import (
 from patternkit.settings import PredictorSettings
 
 log = logging.getLogger("patternkit.predictor")
-
-PREDICT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-    },
-}
-
 
 def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray, str | None]:
     """Validate a predict body: JSON shape, finite numbers, row width, batch size."""

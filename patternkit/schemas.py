@@ -31,6 +31,15 @@ class PredictResponse(BaseModel):
     request_id: str | None = None
 
 
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    },
+}
+"""`openapi_extra` for an endpoint that reads a PredictRequest body itself."""
+
+
 class ErrorBody(BaseModel):
     error: str = Field(..., description="machine-readable error code")
     message: str = Field(..., description="what was wrong, for a human")

@@ -22,7 +22,8 @@ from pydantic import Field
 
 from patternkit.jobs import JobQueue, JobStore, make_celery
 from patternkit.models import resolve_artifact
-from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.predictor import parse_batch
+from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 from serving_patterns.asynchronous.worker import QUEUE, TASK_NAME

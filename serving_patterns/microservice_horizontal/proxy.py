@@ -28,8 +28,9 @@ from patternkit.backends import (
     call_model,
     parse_backends,
 )
-from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
+from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 

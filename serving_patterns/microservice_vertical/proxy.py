@@ -20,8 +20,9 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from patternkit.backends import Backend, call_model
-from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
+from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 

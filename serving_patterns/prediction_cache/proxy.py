@@ -30,8 +30,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
+from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 

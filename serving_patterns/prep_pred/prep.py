@@ -18,7 +18,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from patternkit.faults import Faults, InjectedFault
-from patternkit.predictor import PREDICT_OPENAPI, parse_batch
+from patternkit.predictor import parse_batch
+from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
     ServiceState,

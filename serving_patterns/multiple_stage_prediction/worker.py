@@ -1,0 +1,155 @@
+"""The heavy stage of S11: a Celery worker that runs the big model on every queued request.
+
+Run as `celery -A serving_patterns.multiple_stage_prediction.worker worker --pool=solo`;
+Celery reads `app`, built on first access from `HeavyWorkerSettings` (the environment). A
+bootstep loads `iris_heavy` and opens the job store once per process, before the worker logs
+"ready."; each job then takes DELAY_MS (the heavy model's cost), obeys FAIL_MODE and stores
+its answer as the job's result, which the proxy serves as `stage: "heavy"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from celery import Celery, bootsteps
+from pydantic import Field, model_validator
+
+from patternkit.faults import Faults
+from patternkit.jobs import JobStore, make_celery
+from patternkit.models import OnnxModel
+from patternkit.settings import ServiceSettings
+
+log = logging.getLogger("serving_patterns.multiple_stage_prediction.worker")
+
+QUEUE = "multiple_stage_prediction"
+TASK_NAME = "multiple_stage_prediction.heavy"
+# deliveries of one job that may die with their worker before the job is failed for good
+MAX_ATTEMPTS = 3
+
+
+class HeavyWorkerSettings(ServiceSettings):
+    """The heavy worker: where Redis and the heavy model are, and how slow the model is."""
+
+    service_name: str = "heavy"
+    redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
+    model_path: str = Field(..., description="the heavy model's directory (model.onnx + manifest)")
+    delay_ms: int = Field(1500, ge=0, description="added time per job: the heavy model's cost")
+    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
+    visibility_timeout_s: float = Field(
+        5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
+    )
+    job_ttl_s: int = Field(86_400, gt=0, description="how long a job's record is kept")
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_a_job(self) -> HeavyWorkerSettings:
+        if self.visibility_timeout_s * 1000 <= self.delay_ms:
+            raise ValueError(
+                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed DELAY_MS="
+                f"{self.delay_ms}, or a job still running is delivered again"
+            )
+        return self
+
+
+class HeavyStage:
+    """What a worker process holds (the heavy model, the job store) and how it runs a job."""
+
+    def __init__(self, cfg: HeavyWorkerSettings) -> None:
+        self.cfg = cfg
+        self.faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+        self.pid: int | None = None
+        self.model: OnnxModel
+        self.jobs: JobStore
+
+    def open(self) -> None:
+        """Load the model and connect, once per process (a no-op after that)."""
+        if self.pid == os.getpid():
+            return
+        self.model = OnnxModel(self.cfg.model_path)
+        self.jobs = JobStore.from_url(self.cfg.redis_url, QUEUE, self.cfg.job_ttl_s)
+        self.pid = os.getpid()
+        log.info("loaded heavy model %s %s", self.model.name, self.model.version)
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            self.jobs.close()
+            self.pid = None
+
+    def predict(self, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
+        """The heavy model's answer for `rows`, after DELAY_MS and subject to FAIL_MODE."""
+        X = np.asarray(rows, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.model.n_features:
+            raise ValueError(
+                f"expected rows of {self.model.n_features} features, got shape {X.shape}"
+            )
+        if self.faults.delay_ms:
+            time.sleep(self.faults.delay_ms / 1000)
+        self.faults.check()
+        out = self.model.predict(X)
+        return {
+            "stage": "heavy",
+            "prediction": out.labels,
+            "probabilities": out.probabilities,
+            "model": self.model.name,
+            "version": self.model.version,
+            "served_by": self.cfg.served_by,
+            "request_id": request_id,
+        }
+
+    def run(self, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
+        """Run one job; a failure is recorded on the job (the light answer is already out)."""
+        self.open()
+        attempt = self.jobs.begin(job_id, self.cfg.served_by)
+        if attempt == 0:
+            log.warning("job %s already finished: duplicate delivery ignored", job_id)
+            return
+        if attempt > MAX_ATTEMPTS:
+            self.jobs.fail(job_id, f"gave up: {attempt - 1} attempts died with their worker")
+            return
+        try:
+            result = self.predict(rows, request_id)
+        except Exception as exc:  # bad data, an injected fault or a bug: report it, do not loop
+            log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+            self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+            return
+        self.jobs.finish(job_id, result)
+
+
+def create_worker(settings: HeavyWorkerSettings | None = None) -> Celery:
+    """The Celery app with the heavy task and the bootstep that loads the model."""
+    cfg = settings or HeavyWorkerSettings()
+    app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
+    stage = HeavyStage(cfg)
+
+    class LoadHeavyModel(bootsteps.StartStopStep):
+        """Load the model when the worker starts; a failure stops the worker."""
+
+        def start(self, parent: Any) -> None:
+            stage.open()
+
+        def stop(self, parent: Any) -> None:
+            stage.close()
+
+    app.steps["worker"].add(LoadHeavyModel)
+
+    @app.task(name=TASK_NAME)
+    def heavy(job_id: str, rows: list[list[float]], request_id: str | None) -> None:
+        stage.run(job_id, rows, request_id)
+
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`celery -A` looks up `app`: build it from the environment on that first access."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_worker()
+    return _app

@@ -1,0 +1,1 @@
+"""S10 Prediction circuit break: a proxy sheds load and cuts off failing predictors."""

@@ -1,0 +1,268 @@
+"""The proxy of S10: sheds load and breaks the circuit in front of the predictor replicas.
+
+Each backend has a concurrency cap (`MAX_INFLIGHT`) and an error breaker (`FAIL_THRESHOLD`,
+`COOLDOWN_S`); an optional token bucket (`MAX_RPS`) caps the admitted rate. A request that no
+backend can take (every slot busy, every breaker open, or no token) gets the null fallback at
+once, `{"prediction": null, "fallback": true, "reason": ...}`, as a 503 with `Retry-After`
+or as a 200 (`FALLBACK_STATUS`). Timeouts and 5xx replies count as failures, 4xx replies do
+not; `GET /breaker` shows each backend's breaker and slots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import Counter, Gauge
+from pydantic import Field, field_validator
+
+from patternkit.proxy import Reply, Upstream, split_urls
+from patternkit.schemas import PREDICT_OPENAPI
+from patternkit.service import (
+    ApiError,
+    ServiceState,
+    add_fast_route,
+    create_service,
+    json_response,
+    request_id,
+)
+from patternkit.settings import ServiceSettings
+from serving_patterns.prediction_circuit_break.breaker import (
+    STATE_VALUES,
+    CircuitBreaker,
+    State,
+)
+from serving_patterns.prediction_circuit_break.limiter import ConcurrencyLimiter, TokenBucket
+
+log = logging.getLogger("prediction_circuit_break.proxy")
+
+Reason = Literal["overloaded", "rate_limited", "breaker_open"]
+REASONS: tuple[Reason, ...] = ("overloaded", "rate_limited", "breaker_open")
+# the predictor's request body, documented without importing the predictor (and onnxruntime)
+class CircuitBreakSettings(ServiceSettings):
+    """The proxy: its backends, the load-shedding caps and the breaker's knobs."""
+
+    service_name: str = "proxy"
+    backend_urls: str = Field(..., description="comma-separated predictor base URLs")
+    max_inflight: int = Field(5, ge=1, description="calls in flight per backend; more are shed")
+    max_rps: float = Field(0.0, ge=0, description="admitted requests per second; 0 = no cap")
+    fail_threshold: int = Field(3, ge=1, description="consecutive failures that open a breaker")
+    cooldown_s: float = Field(2.0, gt=0, description="open time before one trial call")
+    backend_timeout_ms: int = Field(3000, gt=0, description="a slower backend call is a failure")
+    fallback_status: int = Field(503, description="status of a fallback answer: 503 or 200")
+
+    @field_validator("fallback_status")
+    @classmethod
+    def _fallback_status(cls, value: int) -> int:
+        if value not in (200, 503):
+            raise ValueError("FALLBACK_STATUS must be 503 (with Retry-After) or 200")
+        return value
+
+
+@dataclass
+class Backend:
+    """One predictor replica with its own slots and its own breaker."""
+
+    url: str
+    limiter: ConcurrencyLimiter
+    breaker: CircuitBreaker
+    served_by: str | None = None  # learned from the replica's X-Served-By
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"url": self.url, "served_by": self.served_by,
+                **self.breaker.snapshot(), **self.limiter.snapshot()}
+
+
+def choose(backends: Sequence[Backend], start: int) -> Backend | Reason:
+    """The backend for the next call, or why there is none.
+
+    A half-open backend that has no trial out gets the call (its trial), so a recovered
+    replica rejoins at once; otherwise the least busy backend with a free slot, ties broken
+    in turn from `start`. No backend admitted by its breaker: `breaker_open`; all of those
+    busy: `overloaded`.
+    """
+    admitted = [b for b in backends if b.breaker.admits()]
+    if not admitted:
+        return "breaker_open"
+    free = [b for b in admitted if b.limiter.free]
+    if not free:
+        return "overloaded"
+    for backend in free:
+        if backend.breaker.state is State.HALF_OPEN:
+            return backend
+    offset = start % len(free)
+    rotated = free[offset:] + free[:offset]
+    return min(rotated, key=lambda b: b.limiter.in_flight)
+
+
+def backend_error(url: str, reply: Reply) -> ApiError:
+    """A 502 naming the backend that answered with a 5xx, with its own message if any."""
+    detail = reply.body[:200].decode("utf-8", "replace")
+    with suppress(orjson.JSONDecodeError, AttributeError):
+        detail = str(orjson.loads(reply.body).get("message", detail))
+    return ApiError(502, f"backend {url} answered {reply.status}: {detail}", "backend_error")
+
+
+def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
+    cfg = settings or CircuitBreakSettings()
+    urls = split_urls(cfg.backend_urls)
+    res: dict[str, Upstream] = {}
+    turn = itertools.count()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        res["upstream"] = Upstream(cfg.backend_timeout_ms / 1000)
+        yield
+        await res["upstream"].aclose()
+
+    app = create_service(cfg, title="prediction circuit break: proxy", lifespan=lifespan)
+    state: ServiceState = app.state.service
+    stats = state.stats  # shown on /stats
+    stats.update(passed=0, backend_errors=0, fallbacks=dict.fromkeys(REASONS, 0))
+    registry = state.registry
+    fallbacks = Counter(
+        "circuit_break_fallbacks",
+        "requests answered with the null fallback: shed (overloaded, rate_limited) or refused "
+        "by open breakers (breaker_open)",
+        ["reason"], registry=registry,
+    )
+    for reason in REASONS:
+        fallbacks.labels(reason)
+    calls = Counter("circuit_break_backend_calls", "backend calls by outcome for the breaker",
+                    ["backend", "outcome"], registry=registry)
+    opened = Counter("circuit_break_breaker_opened", "times a backend's breaker opened",
+                     ["backend"], registry=registry)
+    state_gauge = Gauge("circuit_break_breaker_state",
+                        "breaker state per backend: 0 closed, 1 half_open, 2 open",
+                        ["backend"], registry=registry)
+    in_flight_gauge = Gauge("circuit_break_backend_in_flight", "proxy calls in flight per backend",
+                            ["backend"], registry=registry)
+
+    def make_backend(url: str) -> Backend:
+        def changed(old: State, new: State) -> None:
+            level = logging.WARNING if new is State.OPEN else logging.INFO
+            log.log(level, "breaker of %s: %s -> %s", url, old, new)
+            if new is State.OPEN:
+                opened.labels(url).inc()
+
+        backend = Backend(
+            url, ConcurrencyLimiter(cfg.max_inflight),
+            CircuitBreaker(cfg.fail_threshold, cfg.cooldown_s, on_change=changed),
+        )
+        state_gauge.labels(url).set_function(lambda: STATE_VALUES[backend.breaker.state])
+        in_flight_gauge.labels(url).set_function(lambda: backend.limiter.in_flight)
+        return backend
+
+    backends = [make_backend(url) for url in urls]
+    bucket = TokenBucket(cfg.max_rps) if cfg.max_rps > 0 else None
+    state.metadata.update(
+        backends=urls, max_inflight=cfg.max_inflight, max_rps=cfg.max_rps,
+        fail_threshold=cfg.fail_threshold, cooldown_s=cfg.cooldown_s,
+        backend_timeout_ms=cfg.backend_timeout_ms, fallback_status=cfg.fallback_status,
+    )
+
+    def fallback(reason: Reason, rid: str | None) -> Response:
+        if reason == "overloaded":
+            message = (f"every backend has {cfg.max_inflight} calls in flight (MAX_INFLIGHT): "
+                       "request shed")
+            wait_s = 1.0
+        elif reason == "rate_limited":
+            message = f"over {cfg.max_rps:g} requests per second (MAX_RPS): request shed"
+            wait_s = bucket.wait_s() if bucket is not None else 1.0
+        else:
+            message = (f"the breaker of every backend is open after {cfg.fail_threshold} "
+                       "consecutive failures (FAIL_THRESHOLD); a trial call follows the "
+                       f"{cfg.cooldown_s:g} s cooldown (COOLDOWN_S)")
+            waits = [b.breaker.retry_in_s() for b in backends]
+            wait_s = min((w for w in waits if w > 0), default=1.0)
+        retry_after = max(1, math.ceil(wait_s))
+        stats["fallbacks"][reason] += 1
+        fallbacks.labels(reason).inc()
+        headers: dict[str, str] = {"x-fallback": reason}
+        if cfg.fallback_status == 503:
+            headers["retry-after"] = str(retry_after)
+        body = {"prediction": None, "fallback": True, "reason": reason, "message": message,
+                "retry_after_s": retry_after, "request_id": rid}
+        return json_response(body, cfg.fallback_status, headers)
+
+    async def attempt(backend: Backend, body: bytes, rid: str | None) -> Reply:
+        """One call to `backend`, holding one of its slots; the outcome feeds its breaker."""
+        if not backend.limiter.try_acquire():  # choose() saw a free slot, nothing awaited since
+            raise RuntimeError(f"no free slot on {backend.url}")
+        ticket = backend.breaker.begin()
+        ok: bool | None = None  # None: no verdict (the request was cancelled)
+        try:
+            reply = await res["upstream"].call(
+                "POST", f"{backend.url}/predict", body=body, rid=rid
+            )
+            ok = reply.status < 500  # a 4xx is the caller's fault and a healthy backend
+            if not ok:
+                raise backend_error(backend.url, reply)
+            backend.served_by = reply.headers.get("x-served-by", backend.served_by)
+            return reply
+        except ApiError:
+            ok = False
+            raise
+        finally:
+            backend.limiter.release()
+            if ok is None:
+                backend.breaker.abandon(ticket)
+            else:
+                (backend.breaker.success if ok else backend.breaker.failure)(ticket)
+                calls.labels(backend.url, "success" if ok else "failure").inc()
+
+    async def predict(request: Request) -> Response:
+        body = await request.body()
+        rid = request_id(request)
+        tried: list[Backend] = []
+        last: ApiError | None = None
+        while True:
+            choice = choose([b for b in backends if b not in tried], next(turn))
+            if isinstance(choice, str):
+                if last is not None:  # failing over found no other backend: report the failure
+                    stats["backend_errors"] += 1
+                    raise last
+                return fallback(choice, rid)
+            if not tried and bucket is not None and not bucket.try_take():
+                return fallback("rate_limited", rid)
+            try:
+                reply = await attempt(choice, body, rid)
+            except ApiError as exc:
+                if exc.error != "backend_unavailable":
+                    stats["backend_errors"] += 1
+                    raise
+                # unreachable, or the connection dropped: a prediction is safe to repeat,
+                # so another backend may take it
+                tried.append(choice)
+                last = exc
+                continue
+            stats["passed"] += 1
+            return reply.response()
+
+    add_fast_route(
+        app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
+        responses={200: {"description": "the prediction, or the fallback (FALLBACK_STATUS=200)"},
+                   422: {}, 502: {}, 503: {"description": "fallback: shed or breaker open"},
+                   504: {}},
+    )
+
+    @app.get("/breaker", tags=["ops"])
+    async def breaker() -> Response:
+        snapshots = [b.snapshot() for b in backends]
+        states = {str(s): sum(1 for x in snapshots if x["state"] == s) for s in State}
+        return json_response({
+            "states": states,
+            "backends": snapshots,
+            "rate": bucket.snapshot() if bucket is not None else None,
+            "fallback_status": cfg.fallback_status,
+        })
+
+    return app
