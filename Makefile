@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 DEFAULT_PATTERN := serving_patterns/web_single
-# PATTERN=... picks one pattern for run, demo and test
+# PATTERN=... picks one pattern for run, demo and test;
+# SET="service.VAR=value ..." overrides settings for run and demo
 SELECTED = $(if $(PATTERN),$(PATTERN),)
+SETS = $(foreach s,$(SET),--set $(s))
 
 .PHONY: run demo test lint check render bench list clean venv vendor
 
@@ -19,10 +21,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP) vendor
-	$(PY) -m patternkit run $(if $(SELECTED),$(SELECTED),$(DEFAULT_PATTERN)) --port $(PORT)
+	$(PY) -m patternkit run $(if $(SELECTED),$(SELECTED),$(DEFAULT_PATTERN)) --port $(PORT) $(SETS)
 
 demo: $(STAMP) vendor
-	$(PY) -m patternkit demo $(SELECTED)
+	$(PY) -m patternkit demo $(SELECTED) $(SETS)
 
 list: $(STAMP)
 	$(PY) -m patternkit list

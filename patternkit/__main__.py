@@ -41,6 +41,18 @@ def run_dir_for(name: str) -> Path:
     return repo_root() / ".runs" / f"{name}-{stamp}"
 
 
+def parse_sets(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """`service.VAR=value` items -> the runner's env overrides ({service: {VAR: value}})."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        target, eq, value = item.partition("=")
+        service, dot, var = target.partition(".")
+        if not eq or not dot or not service or not var:
+            raise StackError(f"--set {item!r}: expected service.VAR=value")
+        out.setdefault(service, {})[var] = value
+    return out
+
+
 def cmd_list(_: argparse.Namespace) -> int:
     print(format_table(catalogue_rows(repo_root())))
     return 0
@@ -52,7 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not port_is_free(args.port):
         print(f"port {args.port} is taken; pick another with PORT=... (make) or --port", flush=True)
         return 2
-    stack = Stack(folder, run_dir_for(topology.name), entry_port=args.port)
+    stack = Stack(
+        folder, run_dir_for(topology.name), entry_port=args.port, env=parse_sets(args.set)
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -92,13 +106,13 @@ def load_scenario(folder: Path, spec: str | None) -> Callable[[Stack], list[dict
     return scenario
 
 
-def demo_one(folder: Path) -> bool:
+def demo_one(folder: Path, env: dict[str, dict[str, str]] | None = None) -> bool:
     topology = load_topology(folder)
     print(f"\n== {topology.id} {topology.title}: {topology.summary}", flush=True)
     scenario = load_scenario(folder, topology.scenario)
     started = time.perf_counter()
     try:
-        with Stack(folder, run_dir_for(topology.name)) as stack:
+        with Stack(folder, run_dir_for(topology.name), env=env) as stack:
             took = time.perf_counter() - started
             print(f"booted in {took:.1f}s; running the scenario", flush=True)
             observed = scenario(stack)
@@ -111,7 +125,8 @@ def demo_one(folder: Path) -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     folders = [find_pattern(args.pattern)] if args.pattern else discover()
-    results = [demo_one(folder) for folder in folders]
+    env = parse_sets(args.set)
+    results = [demo_one(folder, env) for folder in folders]
     return 0 if all(results) else 1
 
 
@@ -168,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="boot a pattern in the foreground")
     run.add_argument("pattern", nargs="?", default=DEFAULT_PATTERN)
     run.add_argument("--port", type=int, default=8000, help="port of the entry service")
+    set_help = "override a service's setting: service.VAR=value (repeatable)"
+    run.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="boot, run the scenario, print observations, tear down")
     demo.add_argument("pattern", nargs="?", help="one pattern (default: every built pattern)")
+    demo.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("render", help="write docker-compose.yml files").set_defaults(func=cmd_render)
     sub.add_parser("check", help="validate topologies and rendered files").set_defaults(

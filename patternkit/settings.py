@@ -1,8 +1,8 @@
 """Settings shared by every service, read from the environment when a service starts.
 
 Each service declares one pydantic-settings class; nothing is read at import time. The
-topology runner fills these variables from `topology.toml` (`env`), and a user may override
-any of them in the shell.
+topology runner fills these variables from `topology.toml` (`env`); a user overrides one
+with `make run SET="service.VAR=value"` (`python -m patternkit run --set ...`).
 """
 
 from __future__ import annotations

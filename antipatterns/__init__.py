@@ -1,0 +1,1 @@
+"""Antipatterns, each built beside its fix and measured side by side."""
