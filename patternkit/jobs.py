@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
-from celery import Celery
+from celery import Celery, bootsteps
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -71,6 +72,38 @@ def make_celery(
     )
     app.conf.update(overrides)
     return app
+
+
+def lazy_app(factory: Callable[[], Celery]) -> Callable[[str], Any]:
+    """A module `__getattr__` for `celery -A module`: `app` is built by `factory` (which reads
+    the environment) on its first access, so importing the module reads nothing.
+
+    In the worker module: `__getattr__ = lazy_app(create_worker)`.
+    """
+    built: list[Celery] = []
+
+    def module_getattr(name: str) -> Any:
+        if name != "app":
+            raise AttributeError(f"module {factory.__module__!r} has no attribute {name!r}")
+        if not built:
+            built.append(factory())
+        return built[0]
+
+    return module_getattr
+
+
+def open_on_start(app: Celery, open_: Callable[[], None], close: Callable[[], None]) -> None:
+    """Call `open_` when a worker starts, before it logs "ready." (an exception stops the
+    worker), and `close` when it stops: a model or a DB pool opened once per process."""
+
+    class OpenResources(bootsteps.StartStopStep):
+        def start(self, parent: Any) -> None:
+            open_()
+
+        def stop(self, parent: Any) -> None:
+            close()
+
+    app.steps["worker"].add(OpenResources)
 
 
 def _iso(ts: str | None) -> str | None:

@@ -209,8 +209,8 @@ class Prediction:
     probabilities: np.ndarray  # (n, n_classes) float32
 
 
-class OnnxModel:
-    """An ONNX classifier plus its manifest, checked against the manifest's sha256."""
+class OnnxArtifact:
+    """An ONNX graph plus its manifest, checked against the manifest's sha256 on load."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -236,6 +236,10 @@ class OnnxModel:
     @property
     def n_features(self) -> int:
         return int(self.manifest["input_schema"]["n_features"])
+
+
+class OnnxModel(OnnxArtifact):
+    """A classifier: `predict` gives labels and class probabilities."""
 
     def predict(self, X: np.ndarray) -> Prediction:
         labels, probabilities = self.session.run(None, {self.input_name: X})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from patternkit.models import read_verified_manifest, write_artifact
+from patternkit.models import OnnxArtifact, write_artifact
 
 
 def write_transform_artifact(
@@ -35,33 +35,8 @@ def write_transform_artifact(
     )
 
 
-class OnnxTransform:
-    """An ONNX transformer plus its manifest, checked against the manifest's sha256."""
-
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        model_path, self.manifest = read_verified_manifest(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.path = model_path
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["name"])
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest["version"])
-
-    @property
-    def n_features(self) -> int:
-        return int(self.manifest["input_schema"]["n_features"])
+class OnnxTransform(OnnxArtifact):
+    """A transformer: `transform` gives the transformed matrix."""
 
     @property
     def n_outputs(self) -> int:

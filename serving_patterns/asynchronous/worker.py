@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import redis
 import sqlalchemy as sa
-from celery import Celery, Task, bootsteps
+from celery import Celery, Task
 from pydantic import Field, model_validator
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from patternkit.db import make_engine
 from patternkit.faults import Faults, InjectedFault
 from patternkit.infra import database_url
-from patternkit.jobs import JobStore, make_celery
+from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
 from patternkit.models import OnnxModel
 from patternkit.settings import ServiceSettings
 
@@ -203,16 +203,7 @@ def create_worker(settings: WorkerSettings | None = None) -> Celery:
     app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
     worker = PredictionWorker(cfg)
 
-    class OpenResources(bootsteps.StartStopStep):
-        """Load the model and open the DB when a worker starts; a failure stops the worker."""
-
-        def start(self, parent: Any) -> None:
-            worker.open()
-
-        def stop(self, parent: Any) -> None:
-            worker.close()
-
-    app.steps["worker"].add(OpenResources)
+    open_on_start(app, worker.open, worker.close)  # once per process, before "ready."
 
     @app.task(bind=True, name=TASK_NAME, max_retries=cfg.max_retries)
     def predict(task: Task, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
@@ -221,14 +212,4 @@ def create_worker(settings: WorkerSettings | None = None) -> Celery:
     return app
 
 
-_app: Celery | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """`celery -A` looks up `app`: build it from the environment on that first access."""
-    global _app
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _app is None:
-        _app = create_worker()
-    return _app
+__getattr__ = lazy_app(create_worker)  # `celery -A` reads `app`: built on first access

@@ -9,12 +9,11 @@ piling up behind a long job; the worker turns each tick into a job for the rows 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from celery import Celery
 from pydantic import Field
 
-from patternkit.jobs import make_celery
+from patternkit.jobs import lazy_app, make_celery
 from patternkit.settings import ServiceSettings
 from serving_patterns.batch.worker import QUEUE, TICK_TASK
 
@@ -43,14 +42,4 @@ def create_scheduler(settings: SchedulerSettings | None = None) -> Celery:
     return app
 
 
-_app: Celery | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """`celery -A` looks up `app`: build it from the environment on that first access."""
-    global _app
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _app is None:
-        _app = create_scheduler()
-    return _app
+__getattr__ = lazy_app(create_scheduler)  # `celery -A` reads `app`: built on first access

@@ -16,19 +16,18 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import redis
 import sqlalchemy as sa
-from celery import Celery, Task, bootsteps
+from celery import Celery, Task
 from pydantic import Field, model_validator
 from sqlalchemy.exc import OperationalError
 
 from patternkit.db import make_engine
 from patternkit.faults import Faults, InjectedFault
 from patternkit.infra import database_url
-from patternkit.jobs import make_celery
+from patternkit.jobs import lazy_app, make_celery, open_on_start
 from patternkit.models import ModelError, OnnxModel
 from patternkit.settings import ServiceSettings
 from serving_patterns.batch import dwh
@@ -252,16 +251,7 @@ def create_worker(settings: WorkerSettings | None = None) -> Celery:
     app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
     worker = BatchWorker(cfg, app)
 
-    class OpenResources(bootsteps.StartStopStep):
-        """Connect to the DWH when the worker starts; a failure stops the worker."""
-
-        def start(self, parent: Any) -> None:
-            worker.open()
-
-        def stop(self, parent: Any) -> None:
-            worker.close()
-
-    app.steps["worker"].add(OpenResources)
+    open_on_start(app, worker.open, worker.close)  # once per process, before "ready."
 
     @app.task(name=TICK_TASK)
     def tick() -> None:
@@ -278,14 +268,4 @@ def create_worker(settings: WorkerSettings | None = None) -> Celery:
     return app
 
 
-_app: Celery | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """`celery -A` looks up `app`: build it from the environment on that first access."""
-    global _app
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _app is None:
-        _app = create_worker()
-    return _app
+__getattr__ = lazy_app(create_worker)  # `celery -A` reads `app`: built on first access

@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 import numpy as np
-from celery import Celery, bootsteps
+from celery import Celery
 from pydantic import Field, model_validator
 
 from patternkit.faults import Faults
-from patternkit.jobs import JobStore, make_celery
+from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
 from patternkit.models import OnnxModel
 from patternkit.settings import ServiceSettings
 
@@ -124,16 +124,7 @@ def create_worker(settings: HeavyWorkerSettings | None = None) -> Celery:
     app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
     stage = HeavyStage(cfg)
 
-    class LoadHeavyModel(bootsteps.StartStopStep):
-        """Load the model when the worker starts; a failure stops the worker."""
-
-        def start(self, parent: Any) -> None:
-            stage.open()
-
-        def stop(self, parent: Any) -> None:
-            stage.close()
-
-    app.steps["worker"].add(LoadHeavyModel)
+    open_on_start(app, stage.open, stage.close)  # once per process, before "ready."
 
     @app.task(name=TASK_NAME)
     def heavy(job_id: str, rows: list[list[float]], request_id: str | None) -> None:
@@ -142,14 +133,4 @@ def create_worker(settings: HeavyWorkerSettings | None = None) -> Celery:
     return app
 
 
-_app: Celery | None = None
-
-
-def __getattr__(name: str) -> Any:
-    """`celery -A` looks up `app`: build it from the environment on that first access."""
-    global _app
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _app is None:
-        _app = create_worker()
-    return _app
+__getattr__ = lazy_app(create_worker)  # `celery -A` reads `app`: built on first access
