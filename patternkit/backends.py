@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from patternkit.proxy import Upstream
+from patternkit.proxy import Upstream, error_message
 from patternkit.schemas import PredictResponse
 from patternkit.service import ApiError
 
@@ -87,16 +87,6 @@ class BackendFailed(ApiError):
                 "url": self.backend.url, "ms": self.ms}
 
 
-def _error_message(body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(parsed, dict) and "message" in parsed:
-        return str(parsed["message"])
-    return body[:200].decode("utf-8", "replace")
-
-
 async def call_model(
     upstream: Upstream, backend: Backend, X: np.ndarray, rid: str | None, timeout_s: float
 ) -> ModelReply:
@@ -127,7 +117,7 @@ async def call_model(
         status = 503 if reply.status == 503 else 502
         raise BackendFailed(
             backend, status, "backend_error",
-            f"answered {reply.status}: {_error_message(reply.body)}", ms,
+            f"answered {reply.status}: {error_message(reply.body)}", ms,
         )
     try:
         out = PredictResponse.model_validate_json(reply.body)

@@ -28,6 +28,7 @@ from patternkit.service import (
     ApiError,
     ServiceState,
     add_fast_route,
+    background,
     create_service,
     json_response,
     request_id,
@@ -128,9 +129,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        task = asyncio.create_task(load(state))
-        yield
-        task.cancel()
+        async with background(load(state)):
+            yield
 
     app = create_service(
         cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan, auto_ready=False

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 
 import httpx
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -29,6 +30,17 @@ def passed_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
+def error_message(body: bytes) -> str:
+    """The `message` of a service's JSON error body, else the start of the body as text."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "message" in parsed:
+        return str(parsed["message"])
+    return body[:200].decode("utf-8", "replace")
+
+
 def split_urls(value: str) -> list[str]:
     urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
     if not urls:
@@ -44,8 +56,6 @@ class Reply:
     backend: str
 
     def json(self) -> object:
-        import orjson
-
         return orjson.loads(self.body)
 
     def response(self) -> Response:

@@ -9,10 +9,11 @@ one JSON error shape for every 4xx/5xx, and a request body limit (413, refused u
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from random import getrandbits
 from typing import Any
 
@@ -313,6 +314,18 @@ def ops_routes_last(app: FastAPI) -> None:
     routes = app.router.routes
     ops = {*OPS_PATHS, app.openapi_url, app.docs_url, app.redoc_url, "/docs/oauth2-redirect"}
     routes[:] = sorted(routes, key=lambda r: getattr(r, "path", None) in ops)
+
+
+@asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run `coro` as a task for the life of the block (a lifespan), cancelled at its end."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 
 from patternkit.backends import Backend, parse_backends
 from patternkit.predictor import PREDICT_OPENAPI
-from patternkit.proxy import Reply, Upstream
+from patternkit.proxy import Reply, Upstream, error_message
 from patternkit.service import ApiError, ServiceState, create_service
 from patternkit.settings import ServiceSettings
 
@@ -38,18 +37,8 @@ class RouterSettings(ServiceSettings):
         return value
 
 
-def _message(body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(parsed, dict) and "message" in parsed:
-        return str(parsed["message"])
-    return body[:200].decode("utf-8", "replace")
-
-
 def create_app(settings: RouterSettings | None = None) -> FastAPI:
-    cfg = settings or RouterSettings()  # type: ignore[call-arg]
+    cfg = settings or RouterSettings()
     backends = {b.name: b for b in parse_backends(cfg.backends)}
     res: dict[str, Upstream] = {}
     counts: dict[str, dict[str, int]] = {name: {"answered": 0, "failed": 0} for name in backends}
@@ -84,7 +73,7 @@ def create_app(settings: RouterSettings | None = None) -> FastAPI:
         if reply.status >= 500:
             raise ApiError(
                 503 if reply.status == 503 else 502,
-                f"model {backend.name} answered {reply.status}: {_message(reply.body)}",
+                f"model {backend.name} answered {reply.status}: {error_message(reply.body)}",
                 "backend_error", details,
             )
         return reply

@@ -11,7 +11,6 @@ Redis is optional at run time: a Redis error makes the call a MISS served by the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -33,7 +32,14 @@ from redis.exceptions import RedisError
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
-from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
+from patternkit.service import (
+    ApiError,
+    ServiceState,
+    background,
+    create_service,
+    json_response,
+    request_id,
+)
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("prediction_cache.proxy")
@@ -190,13 +196,10 @@ def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
         state.stats["cache"] = cache.stats
         state.metadata.update(predictor=base, cache_ttl_s=cfg.cache_ttl_s,
                               version_refresh_s=cfg.version_refresh_s)
-        task = asyncio.create_task(refresh_loop(state))
         try:
-            yield
+            async with background(refresh_loop(state)):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await cache.aclose()
             await res["upstream"].aclose()
 

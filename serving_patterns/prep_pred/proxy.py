@@ -11,7 +11,6 @@ first stage's 4xx, passed on with the stage named.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from patternkit.schemas import Row
 from patternkit.service import (
     ApiError,
     ServiceState,
+    background,
     create_service,
     json_response,
     request_id,
@@ -257,13 +257,10 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
         state.stats.update(stages=stages.stats, train_run_mismatches=0,
                            train_run_ids={"prep": None, "pred": None})
         state.metadata.update(stages=stages.urls, stage_timeout_ms=cfg.stage_timeout_ms)
-        task = asyncio.create_task(watch_start(state, stages))
         try:
-            yield
+            async with background(watch_start(state, stages)):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await stages.aclose()
 
     # ready (200 on /ready) once all three stages are: see watch_start()
