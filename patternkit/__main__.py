@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from patternkit.catalogue import render_readme
+from patternkit.catalogue import position, render_readme
 from patternkit.catalogue import rows as catalogue_rows
 from patternkit.client import format_table
 from patternkit.infra import port_is_free
@@ -124,7 +124,10 @@ def demo_one(folder: Path, env: dict[str, dict[str, str]] | None = None) -> bool
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    folders = [find_pattern(args.pattern)] if args.pattern else discover()
+    root = repo_root()
+    folders = [find_pattern(args.pattern)] if args.pattern else sorted(
+        discover(root), key=lambda folder: position(folder, root)
+    )
     env = parse_sets(args.set)
     results = [demo_one(folder, env) for folder in folders]
     return 0 if all(results) else 1

@@ -48,6 +48,13 @@ CATALOGUE: list[tuple[str, str, str]] = [
 ]
 
 
+def position(folder: Path, root: Path) -> int:
+    """Where a pattern folder stands in the catalogue (its order in the public catalogue)."""
+    rel = folder.resolve().relative_to(root.resolve()).as_posix()
+    order = [f for _, f, _ in CATALOGUE]
+    return order.index(rel) if rel in order else len(order)
+
+
 def rows(root: Path) -> list[dict[str, str]]:
     return [
         {
