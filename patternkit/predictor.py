@@ -97,12 +97,16 @@ def add_predict_route(
     )
 
 
-def create_app(settings: PredictorSettings | None = None) -> FastAPI:
+def create_app(
+    settings: PredictorSettings | None = None,
+    on_load: Callable[[ServiceState, OnnxModel], None] | None = None,
+) -> FastAPI:
     """The template predictor app (uvicorn --factory patternkit.predictor:create_app).
 
     The model loads in the background after start-up: `/health` answers at once, `/ready`
     and `/predict` answer 503 until the model is in memory. A model that cannot be loaded
-    (missing, tampered: sha256 mismatch) is logged and stops the process.
+    (missing, tampered: sha256 mismatch), or that `on_load` refuses with a ModelError, is
+    logged and stops the process. `on_load` lets a pattern publish more about the model.
     """
     cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
@@ -111,6 +115,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def load(state: ServiceState) -> None:
         try:
             model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+            if on_load is not None:
+                on_load(state, model)
         except (ModelError, OSError, RuntimeError) as exc:
             log.critical("cannot load the model, stopping: %s", exc)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -130,6 +130,7 @@ class ServiceState:
         self.max_in_flight = 0
         self._version: str | None = None
         self.version_header: tuple[bytes, bytes] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []  # added to every response (set_header)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "HTTP requests", ["method", "route", "status"],
@@ -155,6 +156,12 @@ class ServiceState:
                      self.latency.labels(method, route))
             self._series[key] = found
         return found
+
+    def set_header(self, name: str, value: str) -> None:
+        """Send `name: value` on every response from now on (e.g. an artifact's lineage)."""
+        key = name.lower().encode("latin-1")
+        self.headers = [(k, v) for k, v in self.headers if k != key]
+        self.headers.append((key, value.encode("latin-1")))
 
     @property
     def model_version(self) -> str | None:
@@ -207,6 +214,8 @@ class ServiceMiddleware:
         extra = [(b"x-request-id", rid.encode("latin-1")), self.served_by]
         if state.version_header:
             extra.append(state.version_header)
+        if state.headers:
+            extra.extend(state.headers)
         status = 500
 
         async def send_wrapper(message: Message) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from patternkit.models import ModelError
 from patternkit.service import ServiceState
 
@@ -19,31 +17,11 @@ RUN_ID_HEADER = "x-train-run-id"
 
 
 def publish_run_id(state: ServiceState, manifest: dict[str, Any]) -> str:
-    """Put the artifact's `train_run_id` on /metadata; an artifact without one is refused."""
+    """Put the artifact's `train_run_id` on /metadata and on every response (X-Train-Run-Id);
+    an artifact without one is refused."""
     run_id = manifest.get("train_run_id")
     if not run_id:
         raise ModelError(f"the manifest of {manifest.get('name')!r} has no train_run_id")
     state.metadata["train_run_id"] = str(run_id)
+    state.set_header(RUN_ID_HEADER, str(run_id))
     return str(run_id)
-
-
-class RunIdHeader:
-    """Pure ASGI middleware: `X-Train-Run-Id` on every response once the artifact is loaded."""
-
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run_id = self.state.metadata.get("train_run_id")
-        if scope["type"] != "http" or not run_id:
-            await self.app(scope, receive, send)
-            return
-        header = (RUN_ID_HEADER.encode(), str(run_id).encode())
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)

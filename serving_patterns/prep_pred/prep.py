@@ -30,7 +30,7 @@ from patternkit.service import (
 )
 from patternkit.settings import ServiceSettings
 from patternkit.transform import OnnxTransform
-from serving_patterns.prep_pred.lineage import RunIdHeader, publish_run_id
+from serving_patterns.prep_pred.lineage import publish_run_id
 
 
 class PrepSettings(ServiceSettings):
@@ -69,7 +69,6 @@ def create_app(settings: PrepSettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="prep-pred: prep (scaler)", lifespan=lifespan)
     state: ServiceState = app.state.service
-    app.add_middleware(RunIdHeader, state=state)
 
     async def transform(request: Request) -> Response:
         scaler: OnnxTransform = holder["scaler"]
