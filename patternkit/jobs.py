@@ -12,6 +12,7 @@ leaks, and Celery reports an id it has never seen as PENDING, like a queued one.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from typing import Any
 import orjson
 import redis
 from celery import Celery, bootsteps
+
+log = logging.getLogger("patternkit.jobs")
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -178,6 +181,21 @@ class JobStore:
     def begin(self, job_id: str, worker: str) -> int:
         """Count an attempt and mark the job running; 0 if it already finished."""
         return int(self._begin(keys=[self.key(job_id)], args=[time.time(), worker, self.ttl_s]))
+
+    def start_attempt(self, job_id: str, worker: str, max_attempts: int) -> int | None:
+        """Begin an attempt on a delivered job and return its number, or None when it must not
+        run: it finished already (a duplicate delivery), or it was delivered more than
+        `max_attempts` times because every attempt died with its worker (e.g. an input that
+        crashes the process), in which case it is failed now instead of crashing another."""
+        attempt = self.begin(job_id, worker)
+        if attempt == 0:
+            log.warning("job %s already finished: duplicate delivery ignored", job_id)
+            return None
+        if attempt > max_attempts:
+            self.fail(job_id, f"gave up: {attempt - 1} attempts died with their worker")
+            log.error("job %s failed: %d attempts died with their worker", job_id, attempt - 1)
+            return None
+        return attempt
 
     def requeue(self, job_id: str, error: str) -> None:
         """An attempt failed and another one is scheduled."""

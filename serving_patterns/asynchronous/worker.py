@@ -173,14 +173,8 @@ class PredictionWorker:
 
     def run(self, task: Task, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
         self.open()
-        attempt = self.jobs.begin(job_id, self.cfg.served_by)
-        if attempt == 0:
-            log.warning("job %s already finished: duplicate delivery ignored", job_id)
-            return
-        if attempt > self.max_attempts:
-            # every earlier attempt died with its worker (e.g. an input that crashes it)
-            self.jobs.fail(job_id, f"gave up: {attempt - 1} attempts never finished")
-            log.error("job %s failed: %d attempts never finished", job_id, attempt - 1)
+        attempt = self.jobs.start_attempt(job_id, self.cfg.served_by, self.max_attempts)
+        if attempt is None:
             return
         try:
             result = self.predict(rows, request_id)

@@ -102,12 +102,7 @@ class HeavyStage:
     def run(self, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
         """Run one job; a failure is recorded on the job (the light answer is already out)."""
         self.open()
-        attempt = self.jobs.begin(job_id, self.cfg.served_by)
-        if attempt == 0:
-            log.warning("job %s already finished: duplicate delivery ignored", job_id)
-            return
-        if attempt > MAX_ATTEMPTS:
-            self.jobs.fail(job_id, f"gave up: {attempt - 1} attempts died with their worker")
+        if self.jobs.start_attempt(job_id, self.cfg.served_by, MAX_ATTEMPTS) is None:
             return
         try:
             result = self.predict(rows, request_id)
