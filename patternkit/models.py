@@ -203,6 +203,23 @@ def write_artifact(
     return manifest
 
 
+def as_rows(rows: Any, n_features: int | None) -> np.ndarray:
+    """Rows as a (n, n_features) float32 array of finite numbers, or a ValueError naming why.
+
+    For inputs that did not come through a validated HTTP body (a queued job, a device)."""
+    try:
+        X = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rows must be lists of numbers: {exc}") from None
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"expected a non-empty list of rows, got an array of shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"expected rows of {n_features} features, got {X.shape[1]}")
+    if not np.isfinite(X).all():
+        raise ValueError("every feature must be a finite number")
+    return X
+
+
 @dataclass(frozen=True)
 class Prediction:
     labels: np.ndarray  # (n,) int64

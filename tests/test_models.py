@@ -14,6 +14,7 @@ from patternkit.models import (
     MODEL_FILE,
     ModelError,
     OnnxModel,
+    as_rows,
     build_pipeline,
     load_dataset,
     sha256_file,
@@ -97,3 +98,19 @@ def test_binary_variants(tmp_path: Path, name: str, classes: list[str], rows: in
     assert out.probabilities.shape == (150, 2)
     if name == "iris_setosa":
         assert (out.labels == (y == 0)).mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    ("rows", "names"),
+    [
+        ([[1, 2, 3]], "expected rows of 4 features, got 3"),
+        ([1, 2, 3, 4], "non-empty list of rows"),
+        ([], "non-empty list of rows"),
+        ([[1, 2, "x", 4]], "lists of numbers"),
+        ([[1, 2, float("nan"), 4]], "finite"),
+    ],
+)
+def test_as_rows_names_what_is_wrong(rows: object, names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        as_rows(rows, 4)
+    assert as_rows([[1, 2, 3, 4]], 4).dtype == np.float32

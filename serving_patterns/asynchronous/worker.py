@@ -17,7 +17,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import redis
 import sqlalchemy as sa
 from celery import Celery, Task
@@ -29,7 +28,7 @@ from patternkit.db import make_engine
 from patternkit.faults import Faults, InjectedFault
 from patternkit.infra import database_url
 from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
-from patternkit.models import OnnxModel
+from patternkit.models import OnnxModel, as_rows
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("serving_patterns.asynchronous.worker")
@@ -139,11 +138,7 @@ class PredictionWorker:
         if self.faults.delay_ms:
             time.sleep(self.faults.delay_ms / 1000)
         self.faults.check()
-        X = np.asarray(rows, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.model.n_features:
-            raise ValueError(
-                f"expected rows of {self.model.n_features} features, got shape {X.shape}"
-            )
+        X = as_rows(rows, self.model.n_features)
         out = self.model.predict(X)
         return {
             "prediction": out.labels,

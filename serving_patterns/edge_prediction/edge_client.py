@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from patternkit.models import MANIFEST_FILE, MODEL_FILE, OnnxModel
+from patternkit.models import MANIFEST_FILE, MODEL_FILE, OnnxModel, as_rows
 
 log = logging.getLogger("edge_prediction.edge_client")
 log.addHandler(logging.NullHandler())  # a library: the app (or the CLI) decides what is shown
@@ -85,21 +85,6 @@ class Usage:
     predictions: int = 0
     fallbacks: int = 0
     class_counts: Counter[str] = field(default_factory=Counter)
-
-
-def as_rows(rows: Any, n_features: int | None) -> np.ndarray:
-    """Rows as a (n, n_features) float32 array of finite numbers, or a ValueError naming why."""
-    try:
-        X = np.asarray(rows, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rows must be lists of numbers: {exc}") from None
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"expected a non-empty list of rows, got an array of shape {X.shape}")
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"expected rows of {n_features} features, got {X.shape[1]}")
-    if not np.isfinite(X).all():
-        raise ValueError("every feature must be a finite number")
-    return X
 
 
 class EdgeClient:

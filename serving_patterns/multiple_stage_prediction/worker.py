@@ -14,13 +14,12 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from celery import Celery
 from pydantic import Field, model_validator
 
 from patternkit.faults import Faults
 from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
-from patternkit.models import OnnxModel
+from patternkit.models import OnnxModel, as_rows
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("serving_patterns.multiple_stage_prediction.worker")
@@ -80,11 +79,7 @@ class HeavyStage:
 
     def predict(self, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
         """The heavy model's answer for `rows`, after DELAY_MS and subject to FAIL_MODE."""
-        X = np.asarray(rows, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.model.n_features:
-            raise ValueError(
-                f"expected rows of {self.model.n_features} features, got shape {X.shape}"
-            )
+        X = as_rows(rows, self.model.n_features)
         if self.faults.delay_ms:
             time.sleep(self.faults.delay_ms / 1000)
         self.faults.check()
