@@ -83,7 +83,9 @@ def test_placeholders_are_resolved(tmp_path: Path) -> None:
 
 
 def test_a_child_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
-    t = topo({"bad": {"run": py("import sys; print('cannot start: no config'); sys.exit(3)")}})
+    code = "import sys; print('cannot start: no config'); sys.exit(3)"
+    # a readiness mark it never prints: without one, a command counts as up once started
+    t = topo({"bad": {"run": py(code), "ready_log": "listening"}})
     with pytest.raises(StackError) as err, Stack(t, tmp_path, ready_timeout=30):
         pass
     assert "exited with code 3" in str(err.value)
