@@ -108,7 +108,7 @@ async def call_model(
                 backend, 504, "backend_timeout",
                 f"no answer within {timeout_s * 1000:.0f} ms", took(),
             ) from None
-        cause = exc.message.rsplit(": ", 1)[-1]  # e.g. ConnectError
+        cause = exc.message.rsplit(": ", 1)[-1]  # e.g. connection refused
         raise BackendFailed(
             backend, 502, exc.error, f"unreachable at {backend.url} ({cause})", took()
         ) from None

@@ -358,6 +358,18 @@ def add_fast_route(
     app.state.doc_routes.append(APIRoute(path, endpoint, methods=list(methods), **doc))
 
 
+def fast_route(
+    app: FastAPI, path: str, methods: Sequence[str] = ("POST",), **doc: Any
+) -> Callable[[Endpoint], Endpoint]:
+    """`add_fast_route` as a decorator: `@fast_route(app, "/predict", tags=["predict"])`."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        add_fast_route(app, path, endpoint, methods, **doc)
+        return endpoint
+
+    return register
+
+
 def install_openapi(app: FastAPI) -> None:
     """OpenAPI from the app's routes plus the documented fast routes."""
 

@@ -65,7 +65,7 @@ def create_app(settings: RouterSettings | None = None) -> FastAPI:
                     504, f"model {backend.name} did not answer within "
                     f"{cfg.backend_timeout_ms} ms", exc.error, details,
                 ) from None
-            cause = exc.message.rsplit(": ", 1)[-1]  # e.g. ConnectError, RemoteProtocolError
+            cause = exc.message.rsplit(": ", 1)[-1]  # e.g. connection refused, connection dropped
             raise ApiError(
                 502, f"model {backend.name} gave no answer ({cause}) at {backend.url}",
                 exc.error, details,

@@ -31,7 +31,14 @@ from patternkit.backends import (
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
-from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
+from patternkit.service import (
+    ApiError,
+    ServiceState,
+    create_service,
+    fast_route,
+    json_response,
+    request_id,
+)
 from patternkit.settings import ServiceSettings
 
 
@@ -90,8 +97,8 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
         except BackendFailed as exc:
             return exc
 
-    @app.post(
-        "/predict",
+    @fast_route(
+        app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={413: {"description": "body or batch too large"}, 422: {},

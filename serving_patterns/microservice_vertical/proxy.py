@@ -23,7 +23,7 @@ from patternkit.backends import Backend, call_model
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
-from patternkit.service import ServiceState, create_service, json_response, request_id
+from patternkit.service import ServiceState, create_service, fast_route, json_response, request_id
 from patternkit.settings import ServiceSettings
 
 CLASSES = ("setosa", "versicolor", "virginica")
@@ -61,8 +61,8 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan)
 
-    @app.post(
-        "/predict",
+    @fast_route(
+        app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={413: {"description": "body or batch too large"}, 422: {},

@@ -30,7 +30,14 @@ from patternkit.models import resolve_artifact
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
-from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
+from patternkit.service import (
+    ApiError,
+    ServiceState,
+    create_service,
+    fast_route,
+    json_response,
+    request_id,
+)
 from patternkit.settings import ServiceSettings
 from serving_patterns.multiple_stage_prediction.worker import QUEUE, TASK_NAME
 
@@ -117,8 +124,8 @@ def create_app(settings: StageProxySettings | None = None) -> FastAPI:
                 f"heavy stage: the job queue (Redis) is unavailable: {type(exc).__name__}",
             )
 
-    @app.post(
-        "/predict",
+    @fast_route(
+        app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={

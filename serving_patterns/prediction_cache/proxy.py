@@ -37,6 +37,7 @@ from patternkit.service import (
     ServiceState,
     background,
     create_service,
+    fast_route,
     json_response,
     request_id,
 )
@@ -207,8 +208,8 @@ def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
     app = create_service(cfg, title="prediction cache: proxy", lifespan=lifespan, auto_ready=False)
     state: ServiceState = app.state.service
 
-    @app.post(
-        "/predict",
+    @fast_route(
+        app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={413: {"description": "body or batch too large"}, 422: {}, 502: {}, 503: {}},

@@ -15,7 +15,8 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from patternkit.proxy import RoundRobin, Upstream, split_urls
-from patternkit.service import ServiceState, create_service
+from patternkit.schemas import PREDICT_OPENAPI
+from patternkit.service import ServiceState, create_service, fast_route
 from patternkit.settings import ServiceSettings
 
 
@@ -39,7 +40,7 @@ def create_app(settings: LBSettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="web single: load balancer", lifespan=lifespan)
 
-    @app.post("/predict", tags=["predict"])
+    @fast_route(app, "/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request) -> Response:
         reply = await balancer.forward(upstream["client"], request, "/predict")
         return reply.response()
