@@ -10,7 +10,13 @@ DEFAULT_PATTERN := serving_patterns/web_single
 SELECTED = $(if $(PATTERN),$(PATTERN),)
 SETS = $(foreach s,$(SET),--set $(s))
 
-.PHONY: run demo test lint check render bench list clean venv vendor
+.PHONY: run ctl demo test lint check render bench list clean venv vendor
+
+# `make ctl kill worker`: the words after `ctl` are its arguments, not targets
+ifeq (ctl,$(firstword $(MAKECMDGOALS)))
+CTL_ARGS := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+$(eval $(CTL_ARGS):;@:)
+endif
 
 venv: $(STAMP)
 
@@ -22,6 +28,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP) vendor
 	$(PY) -m patternkit run $(if $(SELECTED),$(SELECTED),$(DEFAULT_PATTERN)) --port $(PORT) $(SETS)
+
+# in a second terminal, on the stack `make run` booted: make ctl status | stop S | start S |
+# restart S [SET="VAR=value ..."] | kill S | pause S | resume S
+ctl: $(STAMP)
+	@$(PY) -m patternkit ctl $(SELECTED) $(CTL_ARGS) $(SETS)
 
 demo: $(STAMP) vendor
 	$(PY) -m patternkit demo $(SELECTED) $(SETS)
@@ -62,8 +73,11 @@ $(ORT_WEB_STAMP):
 	  echo "vendored onnxruntime-web $(ORT_WEB_VERSION) into $(ORT_WEB_DIR)"; \
 	else echo "vendor: could not fetch onnxruntime-web $(ORT_WEB_VERSION); the browser test will skip" >&2; fi
 
+# every serving pattern against the predictor, one interleaved run (a few minutes); writes
+# benchmarks/results.md and results.png. BENCH="--rounds 1 --seconds 3 --only S1,S8 --tool locust"
+# passes flags; `.venv/bin/python benchmarks/serving.py` alone: predictor vs bare FastAPI.
 bench: $(STAMP)
-	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/patterns.py $(BENCH)
 
 clean:
 	rm -rf .runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,15 +1,18 @@
-"""The command line: `python -m patternkit list | run | demo | render | check`.
+"""The command line: `python -m patternkit list | run | ctl | demo | render | check`.
 
-`run` boots a pattern in the foreground and prints its URLs; `demo` boots it, runs its
-scenario, prints what was observed and tears down; `render` writes each pattern's
-docker-compose.yml from its topology; `check` validates every topology and fails when a
-rendered file is out of date. The Makefile's targets are thin calls to these.
+`run` boots a pattern in the foreground, prints its URLs and keeps it up while services come
+and go; `ctl` talks to that running stack from another terminal (status, stop, start,
+restart, kill, pause, resume); `demo` boots a pattern, runs its scenario, prints what was
+observed and tears down; `render` writes each pattern's docker-compose.yml from its topology;
+`check` validates every topology and fails when a rendered file is out of date. The
+Makefile's targets are thin calls to these.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -32,13 +35,23 @@ from patternkit.topology import (
     render_file,
     repo_root,
 )
+from patternkit.topology.control import VERBS, ControlServer, running_stacks, send
+from patternkit.topology.runner import describe_exit
 
 DEFAULT_PATTERN = "serving_patterns/web_single"
+CTL_HELP = "status | stop S | start S | restart S [--set VAR=value] | kill S | pause S | resume S"
+MAKE_CTL_HELP = CTL_HELP.replace("[--set VAR=value]", '[SET="VAR=value"]')
+
+
+def runs_root() -> Path:
+    """Where run directories go: `.runs/` in the repository, or PATTERNKIT_RUNS_DIR."""
+    override = os.environ.get("PATTERNKIT_RUNS_DIR")
+    return Path(override) if override else repo_root() / ".runs"
 
 
 def run_dir_for(name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return repo_root() / ".runs" / f"{name}-{stamp}"
+    return runs_root() / f"{name}-{stamp}"
 
 
 def parse_sets(items: list[str] | None) -> dict[str, dict[str, str]]:
@@ -70,12 +83,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    where = folder.relative_to(repo_root())
+    where = folder.relative_to(repo_root()) if folder.is_relative_to(repo_root()) else folder
     print(f"booting {topology.id} {topology.title} ({where}) ...", flush=True)
-    with stack:
-        rows = [{"service": p.name, "url": p.url, "log": p.log_path} for p in stack.procs.values()
-                if not p.oneshot]
-        print(format_table(rows))
+    with stack, ControlServer(stack, folder):
+        print(format_table(status_rows(stack)))
         entry = stack.url()
         print(f"\n{topology.title} is up: {entry}  (docs: {entry}/docs)")
         example = topology.example
@@ -83,17 +94,69 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"try:\n  curl -s -X POST {entry}{example.path} "
             f"-H 'content-type: application/json'{headers} -d '{example.body}'\n"
+            f"break it from another terminal:\n  make ctl {MAKE_CTL_HELP}\n"
+            "A service that exits is reported here; the rest keep running. "
             "Ctrl-C stops every service.",
             flush=True,
         )
-        while not stop.wait(0.5):
-            dead = [p.name for p in stack.procs.values()
-                    if p.popen and not p.oneshot and not p.alive]
-            if dead:
-                print(f"stopping: {', '.join(dead)} exited (see {stack.log_dir})", flush=True)
-                return 1
+        stack.on_event = lambda line: print(line, flush=True)
+        stop.wait()
+        stack.on_event = None
         print("\nstopping ...", flush=True)
     return 0
+
+
+def status_rows(stack: Stack) -> list[dict[str, Any]]:
+    return [{"service": s.name, "state": s.state, "url": s.url or "-", "restart": s.restart,
+             "log": stack.procs[s.name].log_path} for s in stack.status()]
+
+
+def parse_ctl(words: list[str]) -> tuple[str | None, str, str | None]:
+    """`[PATTERN] VERB [SERVICE]` -> (pattern, verb, service)."""
+    pattern = None
+    if words and words[0] not in VERBS:
+        pattern, words = words[0], words[1:]
+    if not words or words[0] not in VERBS:
+        raise StackError(f"expected a command: {CTL_HELP}")
+    if len(words) > 2:
+        raise StackError(f"too many words: {' '.join(words)}; expected {CTL_HELP}")
+    verb = words[0]
+    return pattern, verb, words[1] if len(words) > 1 else None
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    pattern, verb, service = parse_ctl(args.words)
+    env: dict[str, str] = {}
+    for item in args.set or []:
+        var, eq, value = item.partition("=")
+        if not eq or not var:
+            raise StackError(f"--set {item!r}: expected VAR=value")
+        env[var] = value
+    stacks = running_stacks(runs_root())
+    if pattern is not None:
+        name = load_topology(find_pattern(pattern)).name
+        stacks = [s for s in stacks if s["pattern"] == name]
+    if not stacks:
+        which = f" of {pattern}" if pattern else ""
+        print(f"no running stack{which}; start one with `make run PATTERN=...`", file=sys.stderr)
+        return 2
+    if len(stacks) > 1 and pattern is None:
+        names = ", ".join(s["pattern"] for s in stacks)
+        print(f"several stacks are running ({names}): name one, e.g. "
+              f"`make ctl PATTERN={stacks[0]['folder']} {verb} ...`", file=sys.stderr)
+        return 2
+    reply = send(stacks[0], {"verb": verb, "service": service, "env": env}, args.timeout)
+    if reply.get("ok"):
+        if reply.get("message"):
+            print(reply["message"])
+    else:
+        print(f"error: {reply.get('error')}", file=sys.stderr)
+    if reply.get("status"):
+        rows = [{"service": s["name"], "state": s["state"], "pid": s["pid"] or "-",
+                 "url": s["url"] or "-", "restart": s["restart"], "restarts": s["restarts"],
+                 "last exit": describe_exit(s["exit_code"]) or "-"} for s in reply["status"]]
+        print(format_table(rows))
+    return 0 if reply.get("ok") else 1
 
 
 def load_scenario(folder: Path, spec: str | None) -> Callable[[Stack], list[dict[str, Any]]]:
@@ -189,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     set_help = "override a service's setting: service.VAR=value (repeatable)"
     run.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)
     run.set_defaults(func=cmd_run)
+    ctl = sub.add_parser(
+        "ctl", help="control the stack `run` booted, from another terminal",
+        description=f"python -m patternkit ctl [PATTERN] {CTL_HELP}",
+    )
+    ctl.add_argument("words", nargs="+", metavar="[PATTERN] COMMAND [SERVICE]")
+    ctl.add_argument("--set", action="append", metavar="VAR=VALUE",
+                     help="a setting for start/restart (repeatable)")
+    ctl.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a reply")
+    ctl.set_defaults(func=cmd_ctl)
     demo = sub.add_parser("demo", help="boot, run the scenario, print observations, tear down")
     demo.add_argument("pattern", nargs="?", help="one pattern (default: every built pattern)")
     demo.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)

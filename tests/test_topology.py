@@ -145,7 +145,7 @@ def test_embedded_redis_can_be_stopped_and_restarted(tmp_path: Path) -> None:
         stack.kill("redis")
         with pytest.raises(redis.ConnectionError):
             client.ping()
-        stack.start_instance("redis")
+        stack.start_service("redis")
         assert client.ping()
         assert client.get("k") is None  # nothing is persisted
 

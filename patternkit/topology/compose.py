@@ -74,6 +74,8 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             "command": ["redis-server", "--save", "", "--appendonly", "no"],
             "healthcheck": _healthcheck(["CMD", "redis-cli", "ping"]),
         }
+        if topology.backing[name].restart != "no":
+            services[name]["restart"] = topology.backing[name].restart
     for name, spec in topology.services.items():
         for inst in spec.instances(name):
             ctx = _context(topology, inst)
@@ -96,8 +98,8 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             elif spec.healthcheck:
                 test = [arg.format_map(ctx) for arg in spec.healthcheck]
                 svc["healthcheck"] = _healthcheck(["CMD", *test])
-            if spec.oneshot:
-                svc["restart"] = "no"
+            if spec.oneshot or spec.restart != "no":
+                svc["restart"] = spec.restart
             deps = _depends(topology, spec)
             if deps:
                 svc["depends_on"] = deps

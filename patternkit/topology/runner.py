@@ -1,10 +1,13 @@
-"""The local runner: boots a topology as real processes on this machine, no Docker needed.
+"""The local runner: boots a topology as real processes on this machine, and supervises them.
 
 Services start level by level in dependency order, each in its own process group with one log
 file under the run directory, on a free port (the entry may get a fixed one). Readiness is
-polled with a deadline and fails fast, showing the log tail, if a child exits. Teardown runs in
-reverse order: SIGTERM, a grace period, then SIGKILL. Tests use the same `Stack` to kill,
-stop and restart single services.
+polled with a deadline and fails fast, showing the log tail, if a child exits. Once up, a
+supervisor thread watches every process: one that exits is reported and marked down while the
+rest keep serving, and brought back with a growing delay if its `restart` policy says so.
+Single services are stopped, started, restarted (with new settings), killed, paused and resumed
+through the same calls that `python -m patternkit ctl` makes, which is how tests inject faults.
+Teardown runs in reverse order: SIGTERM, a grace period, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,10 +33,60 @@ from patternkit.infra import external_redis_url, free_port, redis_command, redis
 from patternkit.topology.schema import ServiceSpec, Topology, load_topology
 
 POLL_S = 0.05
+SUPERVISE_S = 0.1  # how often the supervisor looks at every process
+BACKOFF_S = (0.5, 8.0)  # first and longest delay before bringing an exited service back
+STEADY_S = 10.0  # a service up this long has recovered: its next restart waits BACKOFF_S[0]
 
 
 class StackError(RuntimeError):
     """A service failed to start, exited early or missed its readiness deadline."""
+
+
+class State(StrEnum):
+    """Where one instance is; `status()` and `ctl status` show it."""
+
+    PENDING = "pending"  # not started yet
+    STARTING = "starting"  # spawned, not ready yet
+    UP = "up"
+    DONE = "done"  # a oneshot that finished with code 0
+    FAILED = "failed"  # a oneshot that did not
+    EXITED = "exited"  # exited on its own (or was killed) and stays down
+    RESTARTING = "restarting"  # exited; its restart policy brings it back after a delay
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # stopped on purpose (ctl stop); nothing brings it back but start
+    PAUSED = "paused"  # SIGSTOP: alive, holding its connections, answering nothing
+    EXTERNAL = "external"  # a backing service given by URL (REDIS_URL), not ours to run
+
+
+RUNNING = frozenset({State.STARTING, State.UP, State.PAUSED})
+
+
+@dataclass(frozen=True)
+class Status:
+    """One instance as a user sees it."""
+
+    name: str
+    service: str
+    state: str
+    pid: int | None
+    url: str | None  # None for a process that listens on no port
+    restart: str
+    restarts: int  # how many times it was started again after the first time
+    exit_code: int | None  # of its last exit; negative: ended by that signal
+
+    @property
+    def exit(self) -> str:
+        return describe_exit(self.exit_code)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return ""
+    if code < 0:
+        with suppress(ValueError):
+            return signal.Signals(-code).name
+        return f"signal {-code}"
+    return f"code {code}"
 
 
 @dataclass
@@ -48,6 +104,22 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     external_url: str | None = None
     log_offset: int = 0  # where this run's output starts in the log (ready_log looks after it)
+    restart: str = "no"
+    state: State = State.PENDING
+    exit_code: int | None = None
+    spawns: int = 0
+    failures: int = 0  # exits in a row without a steady run between them (sets the backoff)
+    up_since: float = 0.0
+    next_start: float = 0.0
+
+    @property
+    def listens(self) -> bool:
+        """Whether it serves on its port: apps and Redis do, a command only if it is given one."""
+        if self.kind != "run":
+            return True
+        assert self.spec is not None
+        texts = [*(self.spec.run or []), *self.spec.env.values()]
+        return any("{port}" in text for text in texts)
 
     @property
     def url(self) -> str:
@@ -64,6 +136,14 @@ class Proc:
     @property
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    def status(self) -> Status:
+        pid = self.popen.pid if self.popen is not None and self.popen.poll() is None else None
+        return Status(
+            self.name, self.service, str(self.state), pid,
+            self.url if self.listens else None, self.restart, max(self.spawns - 1, 0),
+            self.exit_code,
+        )
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -108,6 +188,10 @@ class Stack:
         self.grace = grace
         self.procs: dict[str, Proc] = {}
         self.started: list[str] = []
+        self.on_event: Callable[[str], None] | None = None  # e.g. print, for `make run`
+        self._lock = threading.RLock()
+        self._halt = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self._plan(entry_port)
 
     # -- planning ---------------------------------------------------------------------------
@@ -123,12 +207,15 @@ class Stack:
             self.procs[name] = Proc(
                 name, name, None, "redis", 0 if ext else free_port(),
                 self.log_dir / f"{name}.log", external_url=ext,
+                restart=self.topology.backing[name].restart,
+                state=State.EXTERNAL if ext else State.PENDING,
             )
         for name, spec in self.topology.services.items():
             for inst in spec.instances(name):
                 port = entry_port if (entry_port and name == self.topology.entry) else free_port()
                 kind = "app" if spec.app else "run"
-                self.procs[inst] = Proc(inst, name, spec, kind, port, self.log_dir / f"{inst}.log")
+                self.procs[inst] = Proc(inst, name, spec, kind, port, self.log_dir / f"{inst}.log",
+                                        restart=spec.restart)
         for proc in self.procs.values():
             self._resolve(proc)
 
@@ -190,6 +277,7 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
+        """Boot every service in dependency order, then supervise them until `stop()`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for level in self.topology.order():
@@ -197,10 +285,17 @@ class Stack:
             for proc in members:
                 self._spawn(proc)
             self._await_ready(members)
+        self._halt.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"supervisor-{self.topology.name}", daemon=True
+        )
+        self._supervisor.start()
 
     def _spawn(self, proc: Proc) -> None:
         if proc.external_url:
             return
+        proc.state = State.STARTING
+        proc.spawns += 1
         env = {**os.environ, **proc.env}
         with proc.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(proc.argv)}\n".encode())
@@ -214,6 +309,7 @@ class Stack:
             self.started.append(proc.name)
 
     def _is_ready(self, proc: Proc, client: httpx.Client) -> bool:
+        """Whether `proc` is ready (a oneshot: finished); a StackError if it exited instead."""
         if proc.external_url:
             return redis_ping(proc.url)
         assert proc.popen is not None
@@ -221,11 +317,23 @@ class Stack:
         if proc.oneshot:
             if code is None:
                 return False
+            proc.exit_code = code
+            proc.state = State.DONE if code == 0 else State.FAILED
             if code == 0:
                 return True
             raise StackError(self._failure(proc, f"exited with code {code}"))
         if code is not None:
+            proc.exit_code = code
+            proc.state = State.EXITED
             raise StackError(self._failure(proc, f"exited with code {code} before it was ready"))
+        if self._probe(proc, client):
+            proc.state = State.UP
+            proc.up_since = time.monotonic()
+            return True
+        return False
+
+    def _probe(self, proc: Proc, client: httpx.Client) -> bool:
+        """One readiness check of a running process: its `ready` path, log mark or PING."""
         if proc.kind == "redis":
             return redis_ping(proc.url, timeout=0.2)
         assert proc.spec is not None
@@ -265,9 +373,75 @@ class Stack:
 
     def stop(self) -> None:
         """Tear everything down in reverse start order (SIGTERM, grace, SIGKILL)."""
+        self._halt.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=10)
+        self._supervisor = None
         for name in reversed(self.started):
-            self._terminate(self.procs[name])
+            proc = self.procs[name]
+            self._terminate(proc)
+            if proc.state in RUNNING or proc.state == State.RESTARTING:
+                proc.state = State.STOPPED
         self.started.clear()
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _event(self, message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        with suppress(OSError), (self.run_dir / "events.log").open("a") as out:
+            out.write(line + "\n")
+        if self.on_event is not None:
+            self.on_event(line)
+
+    def _supervise(self) -> None:
+        with httpx.Client(timeout=1.0) as client:
+            while not self._halt.wait(SUPERVISE_S):
+                with self._lock:
+                    for proc in self.procs.values():
+                        self._tick(proc, client)
+
+    def _tick(self, proc: Proc, client: httpx.Client) -> None:
+        """Move one process along: starting -> up, up -> exited or restarting -> starting."""
+        if proc.popen is None or proc.external_url:
+            return
+        code = proc.popen.poll()
+        if proc.state == State.STARTING:
+            if code is not None and not proc.oneshot:
+                self._exited(proc, code, "before it was ready")
+            elif proc.oneshot and code is not None:
+                proc.exit_code = code
+                proc.state = State.DONE if code == 0 else State.FAILED
+                self._event(f"{proc.name} finished ({describe_exit(code)})")
+            elif code is None and not proc.oneshot and self._probe(proc, client):
+                proc.state = State.UP
+                proc.up_since = time.monotonic()
+                self._event(f"{proc.name} is up" + (" again" if proc.spawns > 1 else ""))
+        elif proc.state in (State.UP, State.PAUSED):
+            if code is not None:
+                self._exited(proc, code)
+        elif proc.state == State.RESTARTING and time.monotonic() >= proc.next_start:
+            self._event(f"{proc.name} restarting (restart={proc.restart})")
+            self._spawn(proc)
+
+    def _exited(self, proc: Proc, code: int, when: str = "") -> None:
+        proc.exit_code = code
+        now = time.monotonic()
+        if proc.state == State.UP and now - proc.up_since >= STEADY_S:
+            proc.failures = 0
+        proc.failures += 1
+        what = f"{proc.name} exited ({describe_exit(code)}){' ' + when if when else ''}"
+        if proc.restart == "always" or (proc.restart == "on-failure" and code != 0):
+            first, longest = BACKOFF_S
+            delay = min(first * 2 ** (proc.failures - 1), longest)
+            proc.state = State.RESTARTING
+            proc.next_start = now + delay
+            self._event(f"{what}; back in {delay:.1f}s (restart={proc.restart})")
+        else:
+            proc.state = State.EXITED
+            self._event(
+                f"{what}; it stays down (restart={proc.restart}), the rest keep running; "
+                f"log: {proc.log_path}"
+            )
 
     def _terminate(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
         popen = proc.popen
@@ -276,6 +450,7 @@ class Stack:
         if popen.poll() is None:
             with suppress(ProcessLookupError):
                 os.killpg(popen.pid, sig)
+                os.killpg(popen.pid, signal.SIGCONT)  # a paused process acts on it only then
             with suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=self.grace)
         # the group may hold children (e.g. worker pools) even after the leader exited
@@ -287,12 +462,8 @@ class Stack:
     # -- single services, for tests and demos --------------------------------------------------
 
     def proc(self, name: str) -> Proc:
-        if name in self.procs:
-            return self.procs[name]
-        members = [p for p in self.procs.values() if p.service == name]
-        if not members:
-            raise KeyError(f"no service or instance {name!r} in {self.topology.name}")
-        return members[0]
+        """The instance `name`, or the first instance of the service `name` (its settings)."""
+        return self.members(name)[0]
 
     def url(self, name: str | None = None) -> str:
         """URL of a service (its first instance) or instance; the entry when name is None."""
@@ -304,26 +475,119 @@ class Stack:
     def instances(self, service: str) -> list[str]:
         return [p.name for p in self.procs.values() if p.service == service]
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to an instance's process group and wait for it to exit."""
-        proc = self.proc(name)
-        if proc.external_url:
-            raise StackError(f"{name} is external (REDIS_URL); it cannot be stopped from here")
-        self._terminate(proc, sig)
+    def members(self, name: str) -> list[Proc]:
+        """The instances a name stands for: one instance, or every instance of a service."""
+        if name in self.procs:
+            return [self.procs[name]]
+        found = [p for p in self.procs.values() if p.service == name]
+        if not found:
+            known = ", ".join(self.procs)
+            raise StackError(f"no service or instance {name!r} in {self.topology.name}; "
+                             f"known: {known}")
+        return found
 
-    def start_instance(self, name: str, env: dict[str, str] | None = None) -> None:
-        """(Re)start one instance on its old port, with extra env, and wait until ready."""
-        proc = self.proc(name)
-        if proc.alive:
-            raise StackError(f"{proc.name} is already running")
-        if env:
-            proc.env = {**proc.env, **env}
-        self._spawn(proc)
-        self._await_ready([proc])
+    def _own(self, name: str) -> list[Proc]:
+        procs = self.members(name)
+        for proc in procs:
+            if proc.external_url:
+                raise StackError(
+                    f"{proc.name} is external (REDIS_URL); it cannot be controlled from here"
+                )
+        return procs
+
+    def status(self, name: str | None = None) -> list[Status]:
+        """Every instance (or those of `name`): state, pid, URL, restarts, last exit."""
+        with self._lock:
+            procs = self.members(name) if name else list(self.procs.values())
+            return [p.status() for p in procs]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Crash a service (SIGKILL to its process group by default) and wait until it is gone.
+
+        To the supervisor this is a failure like any other: the restart policy applies.
+        """
+        for proc in self._own(name):
+            self._terminate(proc, sig)
+            with self._lock:
+                code = proc.popen.poll() if proc.popen else None
+                if code is not None and proc.state in RUNNING:
+                    self._exited(proc, code)
+
+    def stop_service(self, name: str) -> None:
+        """Stop a service on purpose (SIGTERM, grace, SIGKILL); it stays down until started."""
+        for proc in self._own(name):
+            with self._lock:
+                if proc.state not in RUNNING and proc.state != State.RESTARTING:
+                    continue
+                proc.state = State.STOPPING
+            self._terminate(proc, signal.SIGTERM)
+            with self._lock:
+                proc.exit_code = proc.popen.returncode if proc.popen else None
+                proc.state = State.STOPPED
+                self._event(f"{proc.name} stopped")
+
+    def start_service(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start a service that is down (with extra env) on its old port; wait until ready.
+
+        A service already running is left as it is; `env` then needs `restart`.
+        """
+        procs = self._own(name)
+        with self._lock:
+            for proc in procs:
+                if proc.alive and proc.state in RUNNING:
+                    continue
+                if env:
+                    proc.env = {**proc.env, **env}
+                proc.failures = 0
+                self._spawn(proc)
+                self._event(f"{proc.name} starting")
+        if self._supervisor is None:  # not supervised (stopped stack): wait here
+            self._await_ready(procs)
+            return
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            with self._lock:
+                waiting = [p for p in procs if p.state == State.STARTING]
+                failed = [p for p in procs if p.state in (State.EXITED, State.RESTARTING,
+                                                          State.FAILED)]
+            if failed:
+                raise StackError("\n".join(
+                    self._failure(p, f"exited ({describe_exit(p.exit_code)}) before it was ready")
+                    for p in failed
+                ))
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(p.name for p in waiting)
+                raise StackError(f"not ready after {self.ready_timeout:.0f}s: {names}")
+            time.sleep(POLL_S)
 
     def restart(self, name: str, env: dict[str, str] | None = None) -> None:
-        self.kill(name, signal.SIGTERM)
-        self.start_instance(name, env)
+        """Stop, then start again (with `env` added to its settings), and wait until ready."""
+        self.stop_service(name)
+        self.start_service(name, env)
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the service's processes: alive and connected, answering nothing."""
+        for proc in self._own(name):
+            with self._lock:
+                if not proc.alive or proc.popen is None:
+                    raise StackError(f"{proc.name} is not running ({proc.state})")
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGSTOP)
+                proc.state = State.PAUSED
+                self._event(f"{proc.name} paused")
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused service."""
+        for proc in self._own(name):
+            with self._lock:
+                if proc.state != State.PAUSED or proc.popen is None:
+                    raise StackError(f"{proc.name} is not paused ({proc.state})")
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGCONT)
+                proc.state = State.UP
+                self._event(f"{proc.name} resumed")
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.proc(name).tail(lines)

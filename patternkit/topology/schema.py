@@ -1,7 +1,8 @@
 """The `topology.toml` schema: which processes a pattern is made of and how they are wired.
 
 A service is an ASGI app (`app = "module:create_app"`, run by uvicorn) or a command (`run`).
-`depends_on` orders start-up, `ready` / `ready_log` say when a service is up, `env` wires it
+`depends_on` orders start-up, `ready` / `ready_log` say when a service is up, `restart`
+(`no`, `on-failure`, `always`) whether the runner brings it back after it exits, `env` wires it
 with placeholders (`{port}`, `{run_dir}`, `{python}`, `{name}`, `{svc.url}`, `{svc.urls}`,
 `{redis.url}`). Backing services (`[backing.redis] kind = "redis"`) are provided by the runner.
 A bad file raises `TopologyError` naming the file and the field.
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 TOPOLOGY_FILE = "topology.toml"
 GLOBAL_PLACEHOLDERS = frozenset({"port", "run_dir", "python", "name"})
 SERVICE_ATTRS = frozenset({"url", "urls", "host", "port"})
+Restart = Literal["no", "on-failure", "always"]
+RESTART_HELP = "whether the runner brings the service back when it exits (as compose's restart)"
 
 
 class TopologyError(ValueError):
@@ -38,6 +41,7 @@ class ServiceSpec(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     replicas: int = Field(1, ge=1, le=16)
+    restart: Restart = Field("no", description=RESTART_HELP)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ServiceSpec:
@@ -49,6 +53,8 @@ class ServiceSpec(BaseModel):
             self.ready = "/ready"
         if self.oneshot and self.replicas != 1:
             raise ValueError("a oneshot service has exactly one replica")
+        if self.oneshot and self.restart != "no":
+            raise ValueError("a oneshot service runs once: `restart` is for long-running ones")
         return self
 
     def instances(self, name: str) -> list[str]:
@@ -62,6 +68,7 @@ class BackingSpec(BaseModel):
 
     kind: Literal["redis"]
     description: str = ""
+    restart: Restart = Field("no", description=RESTART_HELP)
 
 
 class Example(BaseModel):

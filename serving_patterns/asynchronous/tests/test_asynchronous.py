@@ -182,7 +182,7 @@ def test_a_job_survives_its_worker_being_killed_mid_run(fresh_stack: Any) -> Non
                    what="the job running")
         stack.kill("worker")  # SIGKILL: no warm shutdown, the message is never acked
         assert api.get(f"/result/{job}").json()["status"] == "running"
-        stack.start_instance("worker")
+        stack.start_service("worker")
         done = finished(api, job, timeout=30)
     assert done["status"] == "done"
     assert done["prediction"] == [0]

@@ -310,7 +310,7 @@ def test_a_chunk_survives_its_worker_being_killed_mid_run(
         assert api.get(f"/jobs/{job_id}").json()["status"] == "running"
         early = api.post(f"/jobs/{job_id}/rerun")
         assert (early.status_code, early.json()["error"]) == (409, "job_not_finished")
-        stack.start_instance("worker")
+        stack.start_service("worker")
         job = finished(api, job_id, timeout=30)
     assert (job["status"], job["predicted"]) == ("succeeded", 20)
     assert job["chunks"]["attempts"] == 2  # the killed attempt, then the redelivered one

@@ -377,7 +377,7 @@ def test_without_redis_items_come_from_the_dwh_then_caching_resumes(
         assert resp.json()["features"] == VIRGINICA
 
         # Redis is back (empty): a miss stores the row again, then it is a hit
-        stack.start_instance("redis")
+        stack.start_service("redis")
         seen: list[str] = []
 
         def hit() -> bool:

@@ -170,7 +170,7 @@ def test_each_stage_fails_on_its_own_and_no_heavy_job_is_lost(
         assert proxy.get(f"/predict/{in_flight}").json()["stage"] is None
 
         # (2) the worker back: every heavy job finishes, the killed one delivered again
-        stack.start_instance("heavy")
+        stack.start_service("heavy")
         answers = {job: heavy_answer(proxy, job, timeout=30) for job in [in_flight, *queued]}
         assert all(a["status"] == "done" and a["stage"] == "heavy" for a in answers.values())
         assert answers[in_flight]["prediction"] == [0]
@@ -203,7 +203,7 @@ def test_each_stage_fails_on_its_own_and_no_heavy_job_is_lost(
         assert (status.status_code, status.json()["error"]) == (503, "queue_unavailable")
 
         # (5) the light predictor back, Redis still down: the light answer, and why no job
-        stack.start_instance("light")
+        stack.start_service("light")
         light = ask(proxy, [ROWS[1]])
         assert (light["stage"], light["prediction"], light["job_id"]) == ("light", [1], None)
         assert light["heavy_error"]["error"] == "queue_unavailable"

@@ -197,7 +197,7 @@ def test_without_redis_the_proxy_still_answers_then_caching_resumes(
         assert cache["redis_ok"] is False
 
         # Redis is back (empty): a MISS stores the prediction again, then it is a HIT
-        stack.start_instance("redis")
+        stack.start_service("redis")
         seen: list[str] = []
 
         def hit() -> bool:
