@@ -7,8 +7,6 @@ before it.
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,13 +216,11 @@ def test_a_rate_cap_sheds_what_exceeds_max_rps_and_fallbacks_can_be_a_200(stack:
 def test_a_hung_backend_times_out_and_only_its_breaker_opens(stack: Stack, proxy: Client) -> None:
     timeout_ms = setting(stack, "proxy", "BACKEND_TIMEOUT_MS")
     hung = stack.url("predictor-1")
-    popen = stack.proc("predictor-1").popen
-    assert popen is not None
-    os.kill(popen.pid, signal.SIGSTOP)  # alive, accepting connections, never answering
+    stack.pause("predictor-1")  # alive, accepting connections, never answering
     try:
         shots = burst(stack.url(), 6)  # 3 per replica: the least busy one takes each call
     finally:
-        os.kill(popen.pid, signal.SIGCONT)
+        stack.resume("predictor-1")
     timed_out = [s for s in shots if s.status == 504]
     assert len(timed_out) == 3, [(s.status, s.body) for s in shots]
     for shot in timed_out:
