@@ -203,10 +203,45 @@ def write_artifact(
     return manifest
 
 
+NUMBER_KINDS = frozenset("iuf")  # numpy dtype kinds of real numbers (not bool "b", not str)
+
+
+def is_number(value: Any) -> bool:
+    """A real number: int or float (Python or numpy), but not a bool."""
+    number = isinstance(value, (int, float, np.integer, np.floating))
+    return number and not isinstance(value, (bool, np.bool_))
+
+
+def first_non_number(rows: Any) -> tuple[str, Any] | None:
+    """The position (`i.j`) and value of the first feature that is not a real number, if any.
+
+    Only lists, tuples and arrays are looked into; other shapes are left for the array
+    conversion to refuse."""
+    if not isinstance(rows, (list, tuple, np.ndarray)):
+        return None
+    if isinstance(rows, np.ndarray) and rows.dtype.kind in NUMBER_KINDS:
+        return None
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple, np.ndarray)):
+            if not is_number(row):
+                return f"{i}", row
+            continue
+        for j, value in enumerate(row):
+            if not is_number(value):
+                return f"{i}.{j}", value
+    return None
+
+
 def as_rows(rows: Any, n_features: int | None) -> np.ndarray:
     """Rows as a (n, n_features) float32 array of finite numbers, or a ValueError naming why.
 
-    For inputs that did not come through a validated HTTP body (a queued job, a device)."""
+    For inputs that did not come through a validated HTTP body (a queued job, a device). As
+    the HTTP schema does, it refuses booleans and numeric strings, which numpy would coerce."""
+    not_number = first_non_number(rows)
+    if not_number is not None:
+        where, value = not_number
+        raise ValueError(f"rows must be lists of numbers: rows.{where} is "
+                         f"{type(value).__name__} {value!r}")
     try:
         X = np.asarray(rows, dtype=np.float32)
     except (TypeError, ValueError) as exc:

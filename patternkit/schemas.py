@@ -1,17 +1,18 @@
 """The request and response bodies every predictor speaks.
 
-`{"data": [[f1, f2, f3, f4], ...], "request_id"?}` in, labels and probabilities out. Numbers
-must be finite: NaN and infinity are refused by the schema, row width and batch size by the
-predictor, which knows its model's input schema.
+`{"data": [[f1, f2, f3, f4], ...], "request_id"?}` in, labels and probabilities out. Features
+must be finite JSON numbers: booleans, numeric strings, NaN and infinity are refused by the
+schema, row width and batch size by the predictor, which knows its model's input schema.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# strict: a JSON int is still a float, but true/false and "1.5" are not
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Row = Annotated[list[FiniteFloat], Field(min_length=1)]
 
 

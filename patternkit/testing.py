@@ -32,6 +32,8 @@ BAD_PREDICT_BODIES: list[tuple[object, int, str]] = [
     ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
     ('{"data": [[1e999, 3.5, 1.4, 0.2]]}', 422, "finite"),
     ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
+    ({"data": [[True, False, True, False]]}, 422, "body.data.0.0"),  # a bool is not a number
+    ({"data": [ROW, [5.1, "3.5", 1.4, 0.2]]}, 422, "body.data.1.1"),  # nor is a numeric string
     ("{not json", 422, "JSON"),
     ({"data": [ROW] * 1001}, 413, "MAX_BATCH_ROWS"),
 ]

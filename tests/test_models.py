@@ -107,6 +107,10 @@ def test_binary_variants(tmp_path: Path, name: str, classes: list[str], rows: in
         ([1, 2, 3, 4], "non-empty list of rows"),
         ([], "non-empty list of rows"),
         ([[1, 2, "x", 4]], "lists of numbers"),
+        ([[1, 2, 3, 4], [True, False, True, False]], r"rows\.1\.0 is bool True"),
+        ([[1, 2, "3.5", 4]], r"rows\.0\.2 is str '3.5'"),
+        (np.array([[True, False, True, False]]), r"rows\.0\.0 is bool"),
+        ([[1, 2, [3], 4]], r"rows\.0\.2 is list"),
         ([[1, 2, float("nan"), 4]], "finite"),
     ],
 )
@@ -114,3 +118,4 @@ def test_as_rows_names_what_is_wrong(rows: object, names: str) -> None:
     with pytest.raises(ValueError, match=names):
         as_rows(rows, 4)
     assert as_rows([[1, 2, 3, 4]], 4).dtype == np.float32
+    assert as_rows(np.ones((2, 4), dtype=np.float64), 4).shape == (2, 4)

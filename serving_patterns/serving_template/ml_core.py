@@ -21,7 +21,8 @@ FORBID = ConfigDict(extra="forbid")
 
 
 def feature_field(spec: FeatureSpec) -> Any:
-    """The pydantic field of one feature: required, finite, within the config's range.
+    """The pydantic field of one feature: a required, finite number within the config's range
+    (strict: true/false and numeric strings are refused, JSON integers are numbers).
 
     The field is reached through an alias (the feature name), so a feature called `schema`
     or `copy` cannot shadow pydantic's own attributes.
@@ -31,7 +32,7 @@ def feature_field(spec: FeatureSpec) -> Any:
     extra = {"unit": spec.unit} if spec.unit else None
     return (
         float,
-        Field(..., alias=spec.name, ge=spec.min, le=spec.max, allow_inf_nan=False,
+        Field(..., alias=spec.name, strict=True, ge=spec.min, le=spec.max, allow_inf_nan=False,
               description=what + unit, json_schema_extra=extra),
     )
 

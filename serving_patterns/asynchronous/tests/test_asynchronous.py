@@ -128,14 +128,19 @@ def test_a_finished_job_delivered_again_is_not_run_or_recorded_twice(
     assert len(inference_rows(stack, job)) == 1
 
 
+@pytest.mark.parametrize(
+    ("rows", "names"),
+    [([[5.1, 3.5, 1.4]], "expected rows of 4 features"),
+     ([[5.1, 3.5, 1.4, 0.2], [5.1, 3.5, 1.4, True]], "rows.1.3 is bool True")],
+)
 def test_a_job_the_model_cannot_take_fails_at_once_without_retries(
-    api: Client, producer: JobQueue
+    api: Client, producer: JobQueue, rows: list[list[float]], names: str
 ) -> None:
-    job = producer.submit([[5.1, 3.5, 1.4]], None)  # skipped the API's validation
+    job = producer.submit(rows, None)  # skipped the API's validation
     failed = finished(api, job)
     assert failed["status"] == "failed"
     assert failed["attempts"] == 1
-    assert "expected rows of 4 features" in failed["error"]
+    assert names in failed["error"]
 
 
 @pytest.mark.parametrize(("body", "status", "names"), BAD_PREDICT_BODIES)

@@ -270,6 +270,8 @@ def test_put_creates_a_new_item_and_refuses_bad_rows(proxy: Client, dwh: Client)
         (item, '{"features": [6.3, 3.3, 6.0, 2.5, 1.0]}', "body.features"),
         (item, '{"features": [NaN, 3.3, 6.0, 2.5]}', "body.features.0"),
         (item, '{"features": ["a", 3.3, 6.0, 2.5]}', "body.features.0"),
+        (item, '{"features": [6.3, true, 6.0, 2.5]}', "body.features.1"),
+        (item, '{"features": [6.3, 3.3, "6.0", 2.5]}', "body.features.2"),
         (item, '{"data": [[6.3, 3.3, 6.0, 2.5]]}', "body.features"),
         ("abc", '{"features": [6.3, 3.3, 6.0, 2.5]}', "path.item_id"),
         (0, '{"features": [6.3, 3.3, 6.0, 2.5]}', "path.item_id"),

@@ -202,6 +202,7 @@ def test_bad_rows_are_refused_on_the_device(edge: EdgeClient) -> None:
     for rows, names in [([[5.1, 3.5, 1.4]], "expected rows of 4 features, got 3"),
                         ([[5.1, 3.5, 1.4, float("nan")]], "finite"),
                         ([["a", 3.5, 1.4, 0.2]], "rows must be lists of numbers"),
+                        ([[5.1, 3.5, 1.4, True]], r"rows\.0\.3 is bool True"),
                         ([], "non-empty")]:
         with pytest.raises(ValueError, match=names):
             edge.predict(rows)

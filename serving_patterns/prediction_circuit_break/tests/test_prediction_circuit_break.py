@@ -143,7 +143,7 @@ def test_bad_input_is_the_callers_fault_and_never_opens_a_breaker(
     stack: Stack, proxy: Client
 ) -> None:
     before = breakers(proxy)
-    for body, status, names in BAD_PREDICT_BODIES:  # 8 in a row, threshold 3
+    for body, status, names in BAD_PREDICT_BODIES:  # 10 in a row, threshold 3
         resp = post_body(proxy, "/predict", body)
         assert resp.status_code == status, resp.text
         assert names in resp.json()["message"]

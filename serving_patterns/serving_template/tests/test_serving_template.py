@@ -129,6 +129,10 @@ def test_all_servers_have_identical_openapi_paths_and_envelopes(stack: Stack) ->
          "instances.0.colour: Extra inputs are not permitted"),
         ("iris_lr", {**iris([5.1, 3.5, 1.4, 0.2]), "petal_length": "long"}, 422,
          "instances.0.petal_length"),
+        ("iris_lr", {**iris([5.1, 3.5, 1.4, 0.2]), "petal_width": True}, 422,
+         "instances.0.petal_width: Input should be a valid number"),
+        ("iris_lr", {**iris([5.1, 3.5, 1.4, 0.2]), "sepal_width": "3.5"}, 422,
+         "instances.0.sepal_width: Input should be a valid number"),
         ("wine", iris([5.1, 3.5, 1.4, 0.2]), 422, "instances.0.alcohol: Field required"),
     ],
 )

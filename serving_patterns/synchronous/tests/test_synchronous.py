@@ -40,6 +40,8 @@ def test_request_id_reaches_the_predictor(stack: Stack) -> None:
     [
         {"order_id": "o", "features": [1.0, 2.0, 3.0]},
         {"order_id": "o", "features": [1.0, 2.0, 3.0, "x"]},
+        {"order_id": "o", "features": [True, False, True, False]},
+        {"order_id": "o", "features": [1.0, 2.0, "3.0", 4.0]},
         {"features": [1.0, 2.0, 3.0, 4.0]},
     ],
 )
