@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -107,17 +106,17 @@ def test_concurrent_misses_for_one_item_share_one_dwh_query(
     before_queries, before = queries(dwh), proxy.stats()["cache"]
     clients = [Client(stack.url()) for _ in range(callers)]
     # hold the DWH's answer (SIGSTOP) until every caller has missed: a DWH that is slow enough
-    dwh_pid = stack.proc("dwh").popen.pid  # type: ignore[union-attr]
-    os.kill(dwh_pid, signal.SIGSTOP)
+    stack.pause("dwh")
     try:
         with ThreadPoolExecutor(callers) as pool:
             calls = [pool.submit(predict, client, item) for client in clients]
             wait_until(lambda: proxy.stats()["cache"]["misses"] - before["misses"] == callers,
                        timeout=10, what="every caller missing the cache")
-            os.kill(dwh_pid, signal.SIGCONT)
+            stack.resume("dwh")
             replies = [call.result(timeout=10) for call in calls]
     finally:
-        os.kill(dwh_pid, signal.SIGCONT)
+        if stack.status("dwh")[0].state == "paused":
+            stack.resume("dwh")
         for client in clients:
             client.close()
     assert [r.status_code for r in replies] == [200] * callers
@@ -343,12 +342,11 @@ def test_without_redis_items_come_from_the_dwh_then_caching_resumes(
         assert predict(proxy, item).headers["x-data-source"] == "cache"
 
         # a hung Redis (stopped, not dead): the short socket timeout keeps the proxy moving
-        redis_pid = stack.proc("redis").popen.pid  # type: ignore[union-attr]
-        os.kill(redis_pid, signal.SIGSTOP)
+        stack.pause("redis")
         try:
             resp, ms = proxy.timed("POST", "/predict", json={"item_id": item})
         finally:
-            os.kill(redis_pid, signal.SIGCONT)
+            stack.resume("redis")
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-data-source"] == "dwh"
         assert ms < 2000, ms  # one 200 ms Redis timeout + the 200 ms DWH read, no hang
