@@ -3,17 +3,26 @@
 `{"data": [[f1, f2, f3, f4], ...], "request_id"?}` in, labels and probabilities out. Features
 must be finite JSON numbers: booleans, numeric strings, NaN and infinity are refused by the
 schema, row width and batch size by the predictor, which knows its model's input schema.
+Row ids (`RowId` in a body, `RowIdPath` in a URL) are non-negative and fit a signed 64-bit
+database column, so an id no table can hold is a 422, never an overflow.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 # strict: a JSON int is still a float, but true/false and "1.5" are not
 FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Row = Annotated[list[FiniteFloat], Field(min_length=1)]
+
+MAX_ROW_ID = 2**63 - 1  # the largest BIGINT / SQLite INTEGER
+RowId = Annotated[int, Field(strict=True, ge=0, le=MAX_ROW_ID)]
+"""A row id in a JSON body: an integer (not a bool, float or string) from 0 to 2**63 - 1."""
+RowIdPath = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="the row's id")]
+"""The same range for a path parameter (`/rows/{row_id}`), which arrives as text."""
 
 
 class PredictRequest(BaseModel):

@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from patternkit.db import make_engine
 from patternkit.infra import database_url
 from patternkit.jobs import make_celery
+from patternkit.schemas import RowIdPath
 from patternkit.service import (
     ApiError,
     ServiceState,
@@ -140,14 +141,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return json_response({"count": len(ids), "ids": ids}, 201)
 
     @app.get("/rows/{row_id}", tags=["dwh"], responses={404: {}})
-    async def get_row(row_id: int) -> Response:
+    async def get_row(row_id: RowIdPath) -> Response:
         view = await in_tx(lambda conn: dwh.row_view(conn, row_id))
         if view is None:
             raise ApiError(404, f"no row {row_id} in batch_input", "row_not_found")
         return json_response(view)
 
     @app.put("/rows/{row_id}", tags=["dwh"], responses={404: {}, 422: {}})
-    async def correct_row(row_id: int, body: RowIn) -> Response:
+    async def correct_row(row_id: RowIdPath, body: RowIn) -> Response:
         def work(conn: sa.Connection) -> dict[str, Any] | None:
             found = dwh.update_row(conn, row_id, body.features)
             return dwh.row_view(conn, row_id) if found else None

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from patternkit.proxy import Upstream
-from patternkit.schemas import Row
+from patternkit.schemas import Row, RowId
 from patternkit.service import (
     ApiError,
     ServiceState,
@@ -61,7 +61,7 @@ class PipelineRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[Annotated[int, Field(strict=True, ge=0)]] | None = Field(
+    ids: list[RowId] | None = Field(
         None, min_length=1, description="row ids of the feature table (runs retrieve)"
     )
     data: list[Row] | None = Field(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -21,11 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from patternkit.db import make_engine
 from patternkit.faults import Faults, InjectedFault
+from patternkit.schemas import RowId
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 from serving_patterns.prep_pred.features import FEATURE_COLUMNS, FEATURES, TABLE, features_url
-
-RowId = Annotated[int, Field(strict=True, ge=0)]
 
 
 class RetrieveSettings(ServiceSettings):

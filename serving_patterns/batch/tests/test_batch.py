@@ -231,6 +231,28 @@ def test_unknown_jobs_and_rows_are_404(api: Client) -> None:
     assert api.get("/rows/seven").status_code == 422
 
 
+@pytest.mark.parametrize("row_id", ["-1", str(2**63), str(2**64), str(10**30)])
+def test_row_ids_no_table_can_hold_are_422_naming_the_path(api: Client, row_id: str) -> None:
+    for method, body in (("GET", None), ("PUT", {"features": [5.1, 3.5, 1.4, 0.2]})):
+        resp = api.request(method, f"/rows/{row_id}", json=body)
+        assert resp.status_code == 422, (method, resp.text)
+        error = resp.json()
+        assert set(error) == {"error", "message", "details", "request_id"}
+        assert error["message"].startswith("path.row_id: "), error
+    largest = api.get(f"/rows/{2**63 - 1}")
+    assert (largest.status_code, largest.json()["error"]) == (404, "row_not_found")
+
+
+def test_a_correction_with_booleans_is_refused_naming_the_feature(api: Client) -> None:
+    [row_id] = add_rows(api, [[5.1, 3.5, 1.4, 0.2]])
+    for features, names in (([5.1, True, 1.4, 0.2], "body.features.1"),
+                            ([5.1, 3.5, "1.4", 0.2], "body.features.2")):
+        resp = api.request("PUT", f"/rows/{row_id}", json={"features": features})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["message"].startswith(names + ": "), resp.text
+    assert api.get(f"/rows/{row_id}").json()["features"] == [5.1, 3.5, 1.4, 0.2]
+
+
 def test_scheduled_runs_predict_new_rows_and_policy_none_defers_failed_ones(
     fresh_stack: Callable[..., Stack],
 ) -> None:

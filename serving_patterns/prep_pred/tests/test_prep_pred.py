@@ -147,9 +147,15 @@ def test_an_unknown_id_is_a_404_naming_it(stack: Stack, proxy: Client) -> None:
         ({"ids": ["a"]}, 422, "body.ids.0"),
         ({"ids": [-1]}, 422, "body.ids.0"),
         ({"ids": [1.5]}, 422, "body.ids.0"),
+        ({"ids": [True]}, 422, "body.ids.0"),
+        ({"ids": [0, 2**63]}, 422, "body.ids.1"),  # beyond int64: no table holds it
+        ({"ids": [2**64 + 1]}, 422, "body.ids.0"),  # beyond 64 bits: orjson cannot send it
+        ({"ids": [10**30]}, 422, "body.ids.0"),
         ({"data": [[5.1, 3.5, 1.4, 0.2]], "rows": 1}, 422, "body.rows"),
         ({"data": [[5.1, 3.5, 1.4]]}, 422, "prep: body.data.0: expected 4 features"),
         ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
+        ({"data": [[True, False, True, False]]}, 422, "body.data.0.0"),
+        ({"data": [[5.1, 3.5, "1.4", 0.2]]}, 422, "body.data.0.2"),
         ("{not json", 422, "JSON"),
         ({"ids": list(range(1001))}, 413, "MAX_BATCH_ROWS"),
     ],
@@ -161,8 +167,26 @@ def test_bad_input_gets_a_clear_4xx_and_never_reaches_pred(
     pred_hits = hits(stack, "pred")
     resp = proxy.post("/predict", headers={"content-type": "application/json"}, **kwargs)
     assert resp.status_code == status, resp.text
-    assert names in resp.json()["message"]
+    error = resp.json()
+    assert set(error) == {"error", "message", "details", "request_id"}
+    assert names in error["message"]
     assert hits(stack, "pred") == pred_hits
+
+
+@pytest.mark.parametrize(
+    ("ids", "names"),
+    [([2**63], "body.ids.0"), ([1, 2**64], "body.ids.1"), ([10**30], "body.ids.0"),
+     ([False], "body.ids.0")],
+)
+def test_retrieve_refuses_ids_no_table_can_hold(stack: Stack, ids: list[int], names: str) -> None:
+    with Client(stack.url("retrieve")) as retrieve:
+        resp = retrieve.post("/features", json={"ids": ids})
+        assert resp.status_code == 422, resp.text
+        error = resp.json()
+        assert set(error) == {"error", "message", "details", "request_id"}
+        assert error["message"].startswith(names + ": "), error
+        largest = retrieve.post("/features", json={"ids": [2**63 - 1]})
+        assert (largest.status_code, largest.json()["error"]) == (404, "unknown_ids")
 
 
 def test_stages_from_different_training_runs_get_409(
