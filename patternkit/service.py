@@ -4,7 +4,9 @@
 framework: `/health` (live), `/ready` (503 until the lifespan has loaded what it needs),
 `/metadata`, `/metrics` (Prometheus), `/stats` (hits and peak concurrency, so tests can prove
 whether a backend was contacted), `X-Request-ID` / `X-Served-By` / `X-Model-Version` headers,
-one JSON error shape for every 4xx/5xx, and a request body limit (413, refused unbuffered).
+one JSON error shape for every 4xx/5xx, and a request body limit (413, refused unbuffered:
+a refused body is read and discarded, up to DRAIN_FACTOR times the limit, so that a client
+that sends its whole body before reading still gets the 413 instead of a reset connection).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.service")
+
+DRAIN_FACTOR = 4  # a refused body is read and dropped up to this many times MAX_BODY_BYTES
+DRAIN_TIMEOUT_S = 10.0  # ... and for at most this long before the 413 goes out
 
 OPS_PATHS = frozenset({"/health", "/ready", "/metadata", "/metrics", "/stats"})
 STATUS_ERRORS = {
@@ -78,7 +83,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class BodyTooLarge(ApiError):
+class BodyTooLarge(StarletteHTTPException):
+    """The 413 of a body past MAX_BODY_BYTES.
+
+    An HTTPException, not an ApiError: FastAPI re-raises those from its body parsing, where
+    any other exception raised while reading the body becomes a 400.
+    """
+
     def __init__(self, limit: int, size: int | None = None) -> None:
         seen = f"{size} bytes" if size is not None else "more"
         super().__init__(
@@ -200,6 +211,7 @@ class ServiceMiddleware:
         state = self.state
         rid: str | None = None
         length: int | None = None
+        waiting = False  # Expect: 100-continue: the body is not sent until it is read
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 rid = value.decode("latin-1")[:128]
@@ -208,6 +220,8 @@ class ServiceMiddleware:
                     length = int(value)
                 except ValueError:
                     length = None
+            elif key == b"expect":
+                waiting = value.lower() == b"100-continue"
         # random.getrandbits, not uuid4/os.urandom: a syscall per request costs ~10 us here
         rid = rid or f"{getrandbits(128):032x}"
         scope["patternkit.request_id"] = rid
@@ -242,8 +256,7 @@ class ServiceMiddleware:
         start = time.perf_counter()
         try:
             if length is not None and length > self.limit:
-                err = BodyTooLarge(self.limit, length)
-                await error_response(413, err.message, request_id=rid)(scope, receive, send_wrapper)
+                await self._refuse(length, rid, waiting, scope, receive, send_wrapper)
             elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 await self.app(scope, self._limited(receive), send_wrapper)
             else:
@@ -258,8 +271,26 @@ class ServiceMiddleware:
             count.inc()
             latency.observe(time.perf_counter() - start)
 
+    async def _refuse(
+        self, length: int, rid: str, waiting: bool, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """413 for a body whose Content-Length is past the limit, without handing it to the app.
+
+        A client may send its whole body before it reads, and a connection closed on unread
+        data is reset under the 413 (uvicorn closes at once when the client sent
+        `Connection: close` or spoke HTTP/1.0): so the body is read and dropped first, when it
+        is within the drain bound. Past the bound, or for a client waiting on
+        `Expect: 100-continue` (it sends nothing until told), the 413 goes out unread.
+        """
+        bound = self.limit * DRAIN_FACTOR
+        if not waiting and length <= bound:
+            await drain(receive, bound)
+        err = BodyTooLarge(self.limit, length)
+        await error_response(413, err.detail, request_id=rid)(scope, receive, send)
+
     def _limited(self, receive: Receive) -> Receive:
-        """Count a body sent without Content-Length and stop reading it past the limit."""
+        """Count a body sent without Content-Length and refuse it past the limit (its rest is
+        discarded up to the drain bound)."""
         seen = 0
         limit = self.limit
 
@@ -269,10 +300,25 @@ class ServiceMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    if message.get("more_body", False):
+                        await drain(receive, limit * DRAIN_FACTOR - seen)
                     raise BodyTooLarge(limit)
             return message
 
         return limited_receive
+
+
+async def drain(receive: Receive, upto: int) -> None:
+    """Read and drop the rest of a request body until its end, `upto` bytes, DRAIN_TIMEOUT_S
+    or a disconnect, whichever comes first. Nothing is kept: each chunk goes as it arrives."""
+    seen = 0
+    with suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while seen <= upto:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                seen += len(message.get("body", b""))
 
 
 def install_error_handlers(app: FastAPI) -> None:

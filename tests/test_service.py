@@ -6,19 +6,23 @@ headers, and as a real uvicorn process for readiness and start-up failures.
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from patternkit.client import Client, wait_until
 from patternkit.models import MODEL_FILE
 from patternkit.predictor import create_app
-from patternkit.service import ApiError, create_service
+from patternkit.service import DRAIN_FACTOR, ApiError, create_service
 from patternkit.settings import PredictorSettings, ServiceSettings
 from patternkit.topology import Stack, StackError, Topology
 
@@ -67,6 +71,30 @@ def test_body_limit_with_and_without_content_length(predictor: TestClient) -> No
     resp = predictor.post("/predict", content=chunks())
     assert resp.status_code == 413
     assert "MAX_BODY_BYTES" in resp.json()["message"]
+
+
+class Numbers(BaseModel):
+    x: list[int]
+
+
+def test_a_chunked_body_past_the_limit_is_a_413_on_routes_that_parse_a_model() -> None:
+    """FastAPI turns other errors raised while it reads a body into a 400."""
+    app = create_service(ServiceSettings(service_name="t", max_body_bytes=1000))
+
+    @app.post("/numbers")
+    async def numbers(body: Numbers) -> dict[str, int]:
+        return {"n": len(body.x)}
+
+    big = b'{"x": [' + b"1," * 2000 + b"1]}"
+    with TestClient(app) as client:
+        for content in (iter([big[:500], big[500:]]), big):
+            resp = client.post("/numbers", content=content,
+                               headers={"content-type": "application/json"})
+            assert resp.status_code == 413, resp.text
+            assert set(resp.json()) == {"error", "message", "details", "request_id"}
+            assert resp.json()["error"] == "payload_too_large"
+            assert "MAX_BODY_BYTES" in resp.json()["message"]
+        assert client.post("/numbers", json={"x": [1, 2]}).json() == {"n": 2}
 
 
 def test_stats_count_work_not_probes(predictor: TestClient) -> None:
@@ -143,3 +171,95 @@ def test_chunked_body_over_real_http(iris_model: Path, tmp_path: Path) -> None:
     with Stack(single_predictor(env, "/ready"), tmp_path) as stack:
         resp = httpx.post(stack.url() + "/predict", content=iter([b"{" + b" " * 3000 + b"}"]))
         assert resp.status_code == 413
+
+
+# -- a client that sends its whole body before it reads -------------------------------------------
+
+LIMIT = 300_000  # MAX_BODY_BYTES of the predictor below
+
+
+@pytest.fixture(scope="module")
+def limited(iris_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"MODEL_PATH": str(iris_model), "MAX_BODY_BYTES": str(LIMIT)}
+    with Stack(single_predictor(env, "/ready"), tmp_path_factory.mktemp("limited")) as stack:
+        yield stack
+
+
+def connect(stack: Stack) -> socket.socket:
+    where = urlsplit(stack.url())
+    assert where.hostname is not None and where.port is not None
+    return socket.create_connection((where.hostname, where.port), timeout=15)
+
+
+def send_first(sock: socket.socket, body: bytes, *headers: str, chunked: bool = False) -> None:
+    """Write the request line, headers and the whole body before reading anything."""
+    if chunked:
+        step = 64 * 1024
+        framed = [b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step])
+                  for i in range(0, len(body), step)]
+        body, length = b"".join(framed) + b"0\r\n\r\n", "Transfer-Encoding: chunked"
+    else:
+        length = f"Content-Length: {len(body)}"
+    head = ["POST /predict HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+            length, *headers, "", ""]
+    sock.sendall("\r\n".join(head).encode() + body)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers (lower-case), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside the response body"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_send_first_client_that_closes_reads_the_413(limited: Stack, chunked: bool) -> None:
+    # uvicorn closes at once after the answer to `Connection: close`: with the body unread,
+    # that close was a reset, and the 413 was lost under it
+    body = b"{" + b" " * (3 * LIMIT) + b"}"  # past the limit, within the drain bound
+    assert LIMIT < len(body) <= DRAIN_FACTOR * LIMIT
+    with connect(limited) as sock:
+        send_first(sock, body, "Connection: close", "X-Request-ID: big-1", chunked=chunked)
+        status, headers, payload = read_response(sock)
+        assert sock.recv(65536) == b""  # an orderly close after the answer, not a reset
+    assert status == 413
+    error = json.loads(payload)
+    assert set(error) == {"error", "message", "details", "request_id"}
+    assert (error["error"], error["request_id"]) == ("payload_too_large", "big-1")
+    assert "MAX_BODY_BYTES" in error["message"]
+    if not chunked:
+        assert f"{len(body)} bytes" in error["message"]
+    assert headers["x-served-by"] == "predictor"
+
+
+def test_a_send_first_client_keeps_its_connection_after_a_413(limited: Stack) -> None:
+    with connect(limited) as sock:
+        send_first(sock, b"{" + b" " * (2 * LIMIT) + b"}")
+        status, _, _ = read_response(sock)
+        assert status == 413
+        send_first(sock, json.dumps({"data": [ROW]}).encode())  # the same connection
+        status, _, payload = read_response(sock)
+    assert status == 200, payload
+    assert json.loads(payload)["prediction"] == [0]
+
+
+def test_a_client_waiting_on_expect_100_continue_gets_the_413_without_sending(
+    limited: Stack,
+) -> None:
+    with connect(limited) as sock:
+        head = ["POST /predict HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                f"Content-Length: {100 * LIMIT}", "Expect: 100-continue", "", ""]
+        sock.sendall("\r\n".join(head).encode())  # and no body: it waits for 100 Continue
+        status, _, payload = read_response(sock)
+    assert status == 413
+    assert "MAX_BODY_BYTES" in json.loads(payload)["message"]
