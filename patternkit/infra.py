@@ -23,7 +23,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether uvicorn could listen on 127.0.0.1:`port` now: binding as it does, with
+    SO_REUSEADDR, so the TIME_WAIT connections a stopped stack leaves for a minute do not
+    count, while a live listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
