@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -174,12 +172,11 @@ def test_without_redis_the_proxy_still_answers_then_caching_resumes(
         assert predict(proxy, VIRGINICA).headers["x-cache"] == "HIT"
 
         # a hung Redis (stopped, not dead): the short socket timeout keeps the proxy moving
-        redis_pid = stack.proc("redis").popen.pid  # type: ignore[union-attr]
-        os.kill(redis_pid, signal.SIGSTOP)
+        stack.pause("redis")
         try:
             resp, ms = proxy.timed("POST", "/predict", json={"data": [VIRGINICA]})
         finally:
-            os.kill(redis_pid, signal.SIGCONT)
+            stack.resume("redis")
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-cache"] == "MISS"
         assert ms < 1500, ms  # no hang: 300 ms predictor + one 200 ms Redis timeout
