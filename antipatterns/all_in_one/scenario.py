@@ -146,7 +146,7 @@ def poison(stack: Stack, side: str, n: int = 20) -> dict[str, Any]:
     victim = ROLLOUT[side][0]
     with side_client(stack, side) as client:
         hit = call(client, "b", trigger_row(stack, "POISON_VALUE"))
-        wait_until(lambda: not stack.proc(victim).alive, timeout=10,
+        wait_until(lambda: stack.status(victim)[0].state == "exited", timeout=10,
                    what=f"{victim} exiting after the poison input")
         return {"poison": hit, "died": victim, "a_c_failed": failures(client, ("a", "c"), n),
                 "n": n, "b_after": call(client, "b")}

@@ -145,10 +145,9 @@ def test_poison_in_b_kills_the_monolith_but_only_b_in_microservices(
         # the monolith: the poisoned request gets no response, and the process is gone
         hit = call(monolith, "b", poison)
         assert hit in ("RemoteProtocolError", "ReadError"), hit  # dropped, no response
-        wait_until(lambda: not stack.proc("monolith").alive, timeout=10,
+        wait_until(lambda: stack.status("monolith")[0].state == "exited", timeout=10,
                    what="the monolith exiting after the poison input")
-        popen = stack.proc("monolith").popen
-        assert popen is not None and popen.returncode == POISON_EXIT_CODE
+        assert stack.status("monolith")[0].exit_code == POISON_EXIT_CODE
         mono_failed = failures(monolith, ("a", "c"), N)
         assert call(monolith, "a") == "ConnectError"
 
@@ -158,7 +157,7 @@ def test_poison_in_b_kills_the_monolith_but_only_b_in_microservices(
         assert resp.status_code == 502, resp.text
         assert resp.json()["message"].startswith("model b gave no answer")
         assert resp.json()["details"][0]["backend"] == "b"
-        wait_until(lambda: not stack.proc("b").alive, timeout=10,
+        wait_until(lambda: stack.status("b")[0].state == "exited", timeout=10,
                    what="b exiting after the poison input")
         micro_failed = failures(micro, ("a", "c"), N)
         resp = call(micro, "b")
@@ -173,7 +172,7 @@ def test_poison_in_b_kills_the_monolith_but_only_b_in_microservices(
     assert micro_failed == 0
     assert stats["b"]["failed"] == 2
     assert stats["a"]["failed"] == stats["c"]["failed"] == 0
-    assert all(stack.proc(name).alive for name in ("router", "a", "c"))
+    assert [stack.status(name)[0].state for name in ("router", "a", "c")] == ["up"] * 3
 
 
 def test_a_rollout_of_b_costs_a_only_in_the_monolith(
