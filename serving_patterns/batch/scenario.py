@@ -105,8 +105,8 @@ def run(stack: Stack) -> list[dict[str, Any]]:
 
         listens = []
         for name in ("api", "worker", "scheduler"):
-            popen = stack.proc(name).popen
-            ports = sorted(listening_ports(popen.pid)) if popen else []
+            pid = stack.status(name)[0].pid
+            ports = sorted(listening_ports(pid)) if pid else []
             listens.append(f"{name} {ports[0] if ports else 'none'}")
         rows.append({"step": "listening: " + ", ".join(listens)})
     return rows

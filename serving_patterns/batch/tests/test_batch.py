@@ -184,12 +184,12 @@ def test_no_prediction_server_listens_between_jobs(stack: Stack, api: Client) ->
     apps = [name for name, spec in stack.topology.services.items() if spec.app]
     assert apps == ["api"]  # the only HTTP service is the job manager
     for name in ("worker", "scheduler"):
-        popen = stack.proc(name).popen
-        assert popen is not None and popen.poll() is None
-        assert listening_ports(popen.pid) == set(), f"{name} listens"
-    api_popen = stack.proc("api").popen
-    assert api_popen is not None
-    assert listening_ports(api_popen.pid) == {stack.proc("api").port}
+        [status] = stack.status(name)
+        assert status.state == "up" and status.pid is not None, status
+        assert listening_ports(status.pid) == set(), f"{name} listens"
+    [api_status] = stack.status("api")
+    assert api_status.state == "up" and api_status.pid is not None, api_status
+    assert listening_ports(api_status.pid) == {stack.proc("api").port}
     assert api.post("/predict", json={"data": [IRIS_ROWS[0][0]]}).status_code == 404
     assert api.get("/metadata").json()["model"] is None
 
