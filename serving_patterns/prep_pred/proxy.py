@@ -31,6 +31,7 @@ from patternkit.service import (
     ServiceState,
     background,
     create_service,
+    fast_route,
     json_response,
     request_id,
     validation_error,
@@ -288,8 +289,8 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
             )
         return str(ids["pred"])
 
-    @app.post(
-        "/predict",
+    @fast_route(
+        app, "/predict",
         tags=["predict"],
         openapi_extra=PIPELINE_OPENAPI,
         responses={404: {}, 409: {}, 413: {}, 422: {}, 502: {}, 503: {}, 504: {}},
