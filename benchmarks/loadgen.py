@@ -1,0 +1,227 @@
+"""Load generation for the benchmarks: wrk when installed, else locust's FastHttpUser.
+
+One call drives one URL for some seconds at some connections and returns req/s, p50, p99 and
+the errors. The load generator runs on CPU 0 and `pin_servers` moves every process this one
+started (servers, workers, redis) to the other CPUs, so on 2 cores they do not trade places.
+A `Load` may ask for a distinct body on every request (a cache MISS): wrk through a Lua
+counter, locust through a shared counter; a tag per call keeps bodies distinct across calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BODY = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
+# A MISS body: feature 3 is the call's tag, feature 4 a per-request counter. Both are whole
+# numbers below 2**24, so they stay distinct after the cache's float32 cast.
+VARY_TEMPLATE = '{"data": [[5.1, 3.5, %d, %d]]}'
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_tags = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What each request is: `POST path` with `body`, or a distinct body each time (`vary`)."""
+
+    path: str = "/predict"
+    body: str = BODY
+    vary: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50: float  # ms
+    p99: float  # ms
+    errors: int
+    requests: int
+
+
+def choose_tool(wanted: str = "auto") -> str:
+    """`wrk` when asked for or installed, else `locust`."""
+    if wanted == "auto":
+        return "wrk" if shutil.which("wrk") else "locust"
+    if wanted == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk), use --tool locust")
+    return wanted
+
+
+def tool_version(tool: str) -> str:
+    if tool == "wrk":
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+        words = (out.stdout + out.stderr).split()
+        return " ".join(words[:2]) if words else "wrk"
+    return f"locust {metadata.version('locust')} (FastHttpUser)"
+
+
+@cache
+def cpus() -> tuple[int, ...]:
+    """The CPUs this run may use, read once: before `pin_servers` pins this process."""
+    return tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+
+
+def load_cpus() -> set[int]:
+    return set(cpus()[:1])
+
+
+def server_cpus() -> set[int]:
+    return set(cpus()[1:]) if len(cpus()) > 1 else set(cpus())
+
+
+def pin_load_generator() -> None:
+    """Run the load generator on CPU 0 (the servers get the others): less noise on 2 cores."""
+    if len(cpus()) > 1:
+        os.sched_setaffinity(0, load_cpus())
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below `root`, from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
+def pin(pids: Iterable[int], cpu_set: set[int]) -> int:
+    """Pin every thread of `pids` to `cpu_set`; returns how many processes were pinned."""
+    pinned = 0
+    for pid in pids:
+        with suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpu_set)
+            pinned += 1
+    return pinned
+
+
+def pin_servers() -> str:
+    """Move every process this one started (and their threads) off the load generator's CPU,
+    and this harness (its polling threads too) onto it."""
+    if len(cpus()) < 2:
+        return "not pinned (one CPU)"
+    n = pin(descendants(os.getpid()), server_cpus())
+    pin([os.getpid()], load_cpus())
+    return (f"load generator and harness on CPU {min(load_cpus())}, {n} server processes on "
+            f"CPU {','.join(map(str, sorted(server_cpus())))}")
+
+
+def wrk_script(load: Load, workdir: Path) -> Path:
+    tag = next(_tags)
+    head = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    if load.vary:
+        text = head + (
+            "local n = 0\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            f"  return wrk.format(nil, nil, nil, string.format('{VARY_TEMPLATE}', {tag}, n))\n"
+            "end\n"
+        )
+    else:
+        text = head + f"wrk.body = '{load.body}'\n"
+    path = workdir / f"load-{tag}.lua"
+    path.write_text(text)
+    return path
+
+
+def parse_wrk(out: str) -> Result:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, flags=re.M)
+        assert m, out
+        return float(m.group(1)) * UNITS[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"^\s*(\d+) requests in", out, flags=re.M)
+    assert rps and total, out
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        out)
+    if sockets:
+        errors += sum(int(n) for n in sockets.groups())
+    return Result(float(rps.group(1)), latency("50"), latency("99"), errors, int(total.group(1)))
+
+
+def run_wrk(url: str, load: Load, seconds: float, connections: int, workdir: Path) -> Result:
+    script = wrk_script(load, workdir)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(script), url + load.path],
+        capture_output=True, text=True, check=True, preexec_fn=pin_load_generator,
+    ).stdout
+    return parse_wrk(out)
+
+
+def run_locust(url: str, load: Load, seconds: float, connections: int, workdir: Path) -> Result:
+    tag = next(_tags)
+    prefix = workdir / f"locust-{tag}"
+    latencies = workdir / f"locust-{tag}.json"
+    env = {**os.environ, "BENCH_PATH": load.path, "BENCH_BODY": load.body,
+           "BENCH_LATENCIES": str(latencies)}
+    if load.vary:
+        env.update(BENCH_VARY_TEMPLATE=VARY_TEMPLATE, BENCH_VARY_TAG=str(tag))
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"),
+         "--headless", "-u", str(connections), "-r", str(min(100, 10 * connections)),
+         "-t", f"{max(1, round(seconds))}s", "--host", url, "--csv", str(prefix),
+         "--only-summary", "--loglevel", "ERROR"],
+        capture_output=True, text=True, check=False, cwd=workdir, env=env,
+        preexec_fn=pin_load_generator,
+    )
+    try:
+        with open(f"{prefix}_stats.csv", newline="") as handle:
+            row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    except (OSError, StopIteration):
+        raise RuntimeError(
+            f"locust wrote no stats (exit {proc.returncode}):\n{proc.stderr}"
+        ) from None
+    result = Result(_number(row["Requests/s"]), _number(row["50%"]), _number(row["99%"]),
+                    int(_number(row["Failure Count"])), int(_number(row["Request Count"])))
+    with suppress(OSError, ValueError, KeyError):  # our own record, finer than locust's CSV
+        seen = json.loads(latencies.read_text())
+        times = np.asarray(seen["times"], dtype=float)
+        done = times.size + seen["failures"]
+        span = seen["last"] - seen["first"]
+        if times.size and span > 0:
+            p50, p99 = (float(v) for v in np.percentile(times, [50, 99]))
+            result = Result((done - 1) / span, p50, p99, int(seen["failures"]), done)
+    return result
+
+
+def _number(text: str) -> float:
+    """A locust CSV cell; `N/A` (no request finished) is 0."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def run_load(tool: str, url: str, load: Load, seconds: float, connections: int,
+             workdir: Path) -> Result:
+    runner = run_wrk if tool == "wrk" else run_locust
+    return runner(url, load, seconds, connections, workdir)
