@@ -42,6 +42,8 @@ from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.service")
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
 DRAIN_FACTOR = 4  # a refused body is read and dropped up to this many times MAX_BODY_BYTES
 DRAIN_TIMEOUT_S = 10.0  # ... and for at most this long before the 413 goes out
 
@@ -157,6 +159,8 @@ class ServiceState:
         )
 
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # (method, path) -> (route, endpoint) of the fast routes the middleware calls itself
+        self.fast_routes: dict[tuple[str, str], tuple[Route, Endpoint]] = {}
 
     def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The (counter, histogram) children for a request kind, looked up once."""
@@ -257,10 +261,15 @@ class ServiceMiddleware:
         try:
             if length is not None and length > self.limit:
                 await self._refuse(length, rid, waiting, scope, receive, send_wrapper)
-            elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                await self.app(scope, self._limited(receive), send_wrapper)
             else:
-                await self.app(scope, receive, send_wrapper)
+                if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                    receive = self._limited(receive)
+                fast = state.fast_routes.get((scope["method"], path))
+                if fast is None:
+                    await self.app(scope, receive, send_wrapper)
+                else:
+                    scope["route"] = fast[0]
+                    await call_direct(fast[1], scope, receive, send_wrapper)
         finally:
             if counted:
                 state.in_flight -= 1
@@ -383,7 +392,20 @@ async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.T
             await task
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+async def call_direct(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run a fast route's endpoint from the service middleware itself, past the router and the
+    exception layers (their cost is as much as a proxy's own work per request); an error goes
+    to the app's own exception handler, as the exception middleware would send it."""
+    request = Request(scope, receive)
+    try:
+        response = await endpoint(request)
+    except Exception as exc:
+        handlers = scope["app"].exception_handlers
+        handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+        if handler is None:
+            raise
+        response = await handler(request, exc)
+    await response(scope, receive, send)
 
 
 def add_fast_route(
@@ -402,6 +424,10 @@ def add_fast_route(
     route = Route(path, tagged, methods=list(methods))
     app.router.routes.append(route)
     app.state.doc_routes.append(APIRoute(path, endpoint, methods=list(methods), **doc))
+    if "{" not in path:  # a fixed path: the service middleware calls it without routing
+        state: ServiceState = app.state.service
+        for method in methods:
+            state.fast_routes[(method, path)] = (route, endpoint)
 
 
 def fast_route(

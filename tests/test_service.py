@@ -263,3 +263,33 @@ def test_a_client_waiting_on_expect_100_continue_gets_the_413_without_sending(
         status, _, payload = read_response(sock)
     assert status == 413
     assert "MAX_BODY_BYTES" in json.loads(payload)["message"]
+
+
+def test_a_fast_route_is_served_by_the_middleware_with_the_same_errors_and_metrics() -> None:
+    from patternkit.service import add_fast_route, json_response
+
+    app = create_service(ServiceSettings(service_name="fast"))
+
+    async def boom(request: Any) -> Any:
+        body = await request.body()
+        if body == b"api":
+            raise ApiError(409, "named conflict", "conflict")
+        if body == b"bug":
+            raise RuntimeError("a bug")
+        return json_response({"ok": True})
+
+    add_fast_route(app, "/boom", boom)
+    with TestClient(app) as client:
+        assert client.post("/boom", content=b"fine").json() == {"ok": True}
+        conflict = client.post("/boom", content=b"api")
+        assert (conflict.status_code, conflict.json()["error"]) == (409, "conflict")
+        bug = client.post("/boom", content=b"bug", headers={"x-request-id": "r-500"})
+        assert bug.status_code == 500
+        assert bug.json() == {"error": "internal_error", "message": "internal error: RuntimeError",
+                              "details": [], "request_id": "r-500"}
+        assert bug.headers["x-request-id"] == "r-500"  # inside the service middleware
+        assert bug.headers["x-served-by"] == "fast"
+        assert client.get("/boom").status_code == 405  # other methods still go by the router
+        metrics = client.get("/metrics").text
+        for status in ("200", "409", "500"):
+            assert f'route="/boom",status="{status}"' in metrics
