@@ -1,15 +1,25 @@
 """Relational storage for the patterns (DWH, inference log, registry) through SQLAlchemy.
 
-SQLite is the default (a file in the run directory, WAL journal and a busy timeout so several
-processes can read and write it at once); `DATABASE_URL` may point at PostgreSQL instead
-(`postgresql://...` is driven by psycopg 3).
+A pattern gets its database URL from a `[backing.NAME] kind = "sql"` entry of its topology
+(`{NAME.url}`): SQLite in the run directory by default (WAL journal and a busy timeout so
+several processes can read and write it at once), or `DATABASE_URL`, e.g. PostgreSQL
+(`postgresql://...` is driven by psycopg 3). `upsert` and `create_tables` work the same on
+both, and `create_tables` is safe when several processes create the same tables at once.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+# the PostgreSQL advisory lock that serialises create_tables across processes
+CREATE_LOCK_KEY = zlib.crc32(b"patternkit.db.create_tables")
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def normalise_url(url: str) -> str:
@@ -25,13 +35,81 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, **kwargs)
-    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+    connect_args = {"timeout": 30, **kwargs.pop("connect_args", {})}
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    busy_ms = int(float(connect_args["timeout"]) * 1000)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     return engine
+
+
+def show_url(engine_or_url: Engine | str) -> str:
+    """The URL with its password hidden, for logs and /metadata."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else sa.make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+def _insert(dialect: str, table: sa.Table) -> Any:
+    if dialect not in _INSERTS:
+        raise RuntimeError(f"upsert needs SQLite or PostgreSQL, not {dialect}")
+    return _INSERTS[dialect](table)
+
+
+def upsert(
+    conn: sa.Connection | Engine,
+    table: sa.Table,
+    rows: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    *,
+    key: Sequence[str] | None = None,
+    update: Sequence[str] | None = None,
+) -> int:
+    """Insert `rows`, or overwrite the rows whose `key` (default: the primary key) exists.
+
+    `update` names the columns an existing row takes from the new one (default: every column
+    the rows carry except the key); an empty `update` keeps existing rows as they are. With an
+    engine it runs in a transaction of its own. Returns how many rows were sent.
+    """
+    batch = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+    if not batch:
+        return 0
+    if isinstance(conn, Engine):
+        with conn.begin() as tx:
+            return upsert(tx, table, batch, key=key, update=update)
+    keys = list(key) if key is not None else [c.name for c in table.primary_key.columns]
+    if not keys:
+        raise ValueError(f"upsert into {table.name}: no key given and no primary key")
+    columns = list(update) if update is not None else [c for c in batch[0] if c not in keys]
+    stmt = _insert(conn.dialect.name, table)
+    if columns:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in columns}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, batch)
+    return len(batch)
+
+
+def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+    """Create the tables (and indexes) of `metadata` that are missing, safely when other
+    processes do the same at the same moment.
+
+    The check and the CREATEs run in one transaction that first takes a lock every creator
+    waits for: a transaction-level advisory lock in PostgreSQL, the write lock (`BEGIN
+    IMMEDIATE`) in SQLite; both run DDL inside a transaction, so whoever comes second sees the
+    tables the first one made and creates nothing.
+    """
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK_KEY})
+        elif dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would not begin before DDL
+        metadata.create_all(conn, checkfirst=True)
+        conn.commit()
