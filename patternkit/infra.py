@@ -82,6 +82,12 @@ def redis_ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def external_database_url() -> str | None:
+    return os.environ.get("DATABASE_URL") or None
+
+
 def database_url(run_dir: str | Path, name: str) -> str:
-    """`DATABASE_URL` if set, else a SQLite file `name.db` in the run directory."""
-    return os.environ.get("DATABASE_URL") or f"sqlite:///{Path(run_dir) / name}.db"
+    """The URL of a `kind = "sql"` backing service `name`: `DATABASE_URL` if set (every
+    pattern's tables then go there, prefixed by the pattern), else the SQLite file `name.db`
+    in the run directory."""
+    return external_database_url() or f"sqlite:///{Path(run_dir) / name}.db"

@@ -180,3 +180,54 @@ def test_pattern_lookup_by_short_name() -> None:
 def test_runner_uses_the_venv_python() -> None:
     t = topo({"a": {"run": ["{python}", "-V"]}})
     assert Stack(t, "/tmp/unused").proc("a").argv[0] == sys.executable
+
+
+def test_a_sql_backing_is_a_sqlite_file_in_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    writer = """
+        import os, sqlalchemy as sa
+        from patternkit.db import make_engine
+        with make_engine(os.environ["DB"]).begin() as conn:
+            conn.execute(sa.text("CREATE TABLE t_rows (id INTEGER PRIMARY KEY)"))
+            conn.execute(sa.text("INSERT INTO t_rows VALUES (7)"))
+    """
+    t = topo({"w": {"run": py(writer), "oneshot": True, "depends_on": ["db"],
+                    "env": {"DB": "{db.url}"}}},
+             backing={"db": {"kind": "sql"}})
+    with Stack(t, tmp_path) as stack:
+        url = f"sqlite:///{tmp_path.resolve() / 'db.db'}"
+        assert stack.url("db") == url == stack.proc("w").env["DB"]
+        (db,) = stack.status("db")
+        assert (db.state, db.pid) == ("external", None)  # nothing to start: ready at once
+        assert stack.status("w")[0].state == "done"
+        with pytest.raises(StackError, match="external"):
+            stack.kill("db")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id FROM t_rows")).scalar() == 7
+    engine.dispose()
+
+
+def test_database_url_sends_every_sql_backing_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    t = topo({"a": {"app": "m:f", "env": {"DATABASE_URL": "{db.url}"}}},
+             backing={"db": {"kind": "sql"}})
+    stack = Stack(t, tmp_path)
+    assert stack.proc("a").env["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_compose_renders_a_sql_backing_as_postgres() -> None:
+    t = topo({"a": {"app": "m:f", "depends_on": ["db"], "env": {"DATABASE_URL": "{db.url}"}}},
+             backing={"db": {"kind": "sql"}})
+    services = render_compose(t)["services"]
+    assert services["db"]["image"] == "postgres:16-alpine"
+    assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert services["a"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert services["a"]["environment"]["DATABASE_URL"] == (
+        "postgresql://postgres:patterns@db:5432/patterns")

@@ -2,7 +2,8 @@
 
 Every Python service runs the one project image with a different command; app services
 listen on 8000 inside their container and get a healthcheck from `ready`; `depends_on` uses
-`service_healthy` / `service_completed_successfully`; backing services are images. The file
+`service_healthy` / `service_completed_successfully`; backing services are images (Redis, and
+PostgreSQL for a `sql` one, its URL by service name). The file
 is generated, never edited by hand: `python -m patternkit check` fails when it drifts.
 """
 
@@ -19,7 +20,8 @@ from patternkit.topology.schema import ServiceSpec, Topology
 IMAGE = "ml-system-patterns:latest"
 APP_PORT = 8000
 DATA_DIR = "/data"
-BACKING_IMAGES = {"redis": "redis:7-alpine"}
+BACKING_IMAGES = {"redis": "redis:7-alpine", "sql": "postgres:16-alpine"}
+PG_USER, PG_PASSWORD, PG_DB = "postgres", "patterns", "patterns"  # as the root compose file
 HEADER = (
     "# Rendered from topology.toml by `python -m patternkit render`; do not edit by hand.\n"
     "# Run from the repository root: docker compose -f {path} up --build\n"
@@ -34,12 +36,34 @@ def _healthcheck(test: list[str]) -> dict[str, Any]:
     return {"test": test, "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "5s"}
 
 
+def _backing_url(name: str, kind: str) -> tuple[str, int]:
+    """(URL, port) of a backing service, by its service (DNS) name."""
+    if kind == "sql":
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@{name}:5432/{PG_DB}", 5432
+    return f"redis://{name}:6379/0", 6379
+
+
+def _backing_service(kind: str) -> dict[str, Any]:
+    if kind == "sql":
+        return {
+            "image": BACKING_IMAGES[kind],
+            "environment": {"POSTGRES_USER": PG_USER, "POSTGRES_PASSWORD": PG_PASSWORD,
+                            "POSTGRES_DB": PG_DB},
+            "healthcheck": _healthcheck(["CMD", "pg_isready", "-U", PG_USER, "-d", PG_DB]),
+        }
+    return {
+        "image": BACKING_IMAGES[kind],
+        "command": ["redis-server", "--save", "", "--appendonly", "no"],
+        "healthcheck": _healthcheck(["CMD", "redis-cli", "ping"]),
+    }
+
+
 def _context(topology: Topology, instance: str) -> dict[str, Any]:
     ctx: dict[str, Any] = {"port": APP_PORT, "run_dir": DATA_DIR, "python": "python",
                            "name": instance}
-    for name in topology.backing:
-        ctx[name] = SimpleNamespace(url=f"redis://{name}:6379/0", urls=f"redis://{name}:6379/0",
-                                    host=name, port=6379)
+    for name, backing in topology.backing.items():
+        url, port = _backing_url(name, backing.kind)
+        ctx[name] = SimpleNamespace(url=url, urls=url, host=name, port=port)
     for name, spec in topology.services.items():
         urls = [f"http://{i}:{APP_PORT}" for i in spec.instances(name)]
         ctx[name] = SimpleNamespace(url=urls[0], urls=",".join(urls), host=spec.instances(name)[0],
@@ -69,11 +93,7 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
     """The compose document (a dict) for `topology`; `rel_root` is the repo root from it."""
     services: dict[str, Any] = {}
     for name in topology.backing:
-        services[name] = {
-            "image": BACKING_IMAGES[topology.backing[name].kind],
-            "command": ["redis-server", "--save", "", "--appendonly", "no"],
-            "healthcheck": _healthcheck(["CMD", "redis-cli", "ping"]),
-        }
+        services[name] = _backing_service(topology.backing[name].kind)
         if topology.backing[name].restart != "no":
             services[name]["restart"] = topology.backing[name].restart
     for name, spec in topology.services.items():

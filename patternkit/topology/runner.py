@@ -29,7 +29,13 @@ from typing import Any
 
 import httpx
 
-from patternkit.infra import external_redis_url, free_port, redis_command, redis_ping
+from patternkit.infra import (
+    database_url,
+    external_redis_url,
+    free_port,
+    redis_command,
+    redis_ping,
+)
 from patternkit.topology.schema import ServiceSpec, Topology, load_topology
 
 POLL_S = 0.05
@@ -55,7 +61,7 @@ class State(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"  # stopped on purpose (ctl stop); nothing brings it back but start
     PAUSED = "paused"  # SIGSTOP: alive, holding its connections, answering nothing
-    EXTERNAL = "external"  # a backing service given by URL (REDIS_URL), not ours to run
+    EXTERNAL = "external"  # a backing service given by URL (REDIS_URL, a SQL URL), not ours
 
 
 RUNNING = frozenset({State.STARTING, State.UP, State.PAUSED})
@@ -96,7 +102,7 @@ class Proc:
     name: str
     service: str
     spec: ServiceSpec | None  # None for a backing service
-    kind: str  # "app" | "run" | "redis"
+    kind: str  # "app" | "run" | "redis" | "sql"
     port: int
     log_path: Path
     argv: list[str] = field(default_factory=list)
@@ -202,7 +208,13 @@ class Stack:
         }
         if unknown:
             raise StackError(f"env overrides for unknown services: {', '.join(sorted(unknown))}")
-        for name in self.topology.backing:
+        for name, backing in self.topology.backing.items():
+            if backing.kind == "sql":  # a URL, nothing to start: SQLite file or DATABASE_URL
+                self.procs[name] = Proc(
+                    name, name, None, "sql", 0, self.log_dir / f"{name}.log",
+                    external_url=database_url(self.run_dir, name), state=State.EXTERNAL,
+                )
+                continue
             ext = external_redis_url()
             self.procs[name] = Proc(
                 name, name, None, "redis", 0 if ext else free_port(),
@@ -237,6 +249,8 @@ class Stack:
         return ctx
 
     def _resolve(self, proc: Proc) -> None:
+        if proc.kind == "sql":
+            return
         if proc.kind == "redis":
             proc.argv = redis_command(proc.port, self.run_dir)
             return
@@ -311,7 +325,7 @@ class Stack:
     def _is_ready(self, proc: Proc, client: httpx.Client) -> bool:
         """Whether `proc` is ready (a oneshot: finished); a StackError if it exited instead."""
         if proc.external_url:
-            return redis_ping(proc.url)
+            return proc.kind == "sql" or redis_ping(proc.url)
         assert proc.popen is not None
         code = proc.popen.poll()
         if proc.oneshot:
@@ -490,8 +504,9 @@ class Stack:
         procs = self.members(name)
         for proc in procs:
             if proc.external_url:
+                given = "a database URL" if proc.kind == "sql" else "REDIS_URL"
                 raise StackError(
-                    f"{proc.name} is external (REDIS_URL); it cannot be controlled from here"
+                    f"{proc.name} is external ({given}); it cannot be controlled from here"
                 )
         return procs
 

@@ -4,7 +4,9 @@ A service is an ASGI app (`app = "module:create_app"`, run by uvicorn) or a comm
 `depends_on` orders start-up, `ready` / `ready_log` say when a service is up, `restart`
 (`no`, `on-failure`, `always`) whether the runner brings it back after it exits, `env` wires it
 with placeholders (`{port}`, `{run_dir}`, `{python}`, `{name}`, `{svc.url}`, `{svc.urls}`,
-`{redis.url}`). Backing services (`[backing.redis] kind = "redis"`) are provided by the runner.
+`{redis.url}`). Backing services (`[backing.redis] kind = "redis"`) are provided by the runner;
+`[backing.db] kind = "sql"` is a database URL (`{db.url}`): SQLite in the run directory, or
+`DATABASE_URL` when it is set.
 A bad file raises `TopologyError` naming the file and the field.
 """
 
@@ -66,7 +68,7 @@ class ServiceSpec(BaseModel):
 class BackingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["redis"]
+    kind: Literal["redis", "sql"]
     description: str = ""
     restart: Restart = Field("no", description=RESTART_HELP)
 
