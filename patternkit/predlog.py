@@ -1,0 +1,286 @@
+"""The prediction log: one row per prediction, written in batches, off the request path.
+
+A service calls `log.record(...)` per prediction (request id, time, service, model, version,
+input, output, latency, extra JSON): an O(1) append to a bounded in-memory buffer that never
+blocks and never raises; a full buffer drops the record and counts it. A background task of
+the service's lifespan (`async with PredictionLog(url, prefix) as log:`) writes the buffer to
+the `<prefix>_prediction_log` table of the `sql` backing every `interval_s`, in batches. A
+database that fails or hangs only delays the writes: a batch leaves the buffer once it is
+written, so it is tried again until it lands; what the buffer cannot hold meanwhile is counted
+as dropped. At shutdown the rest is flushed within a deadline, and what is left is counted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from contextlib import suppress
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from patternkit.db import create_tables, make_engine, show_url
+
+log = logging.getLogger("patternkit.predlog")
+
+DROP_REASONS = ("buffer_full", "shutdown")
+MAX_RETRY_S = 5.0
+
+
+class Prediction(NamedTuple):
+    """One buffered record; converted to a row only by the writer."""
+
+    request_id: str | None
+    at: float  # time.time()
+    service: str
+    model: str | None
+    version: str | None
+    input: Any
+    output: Any
+    latency_ms: float | None
+    extra: dict[str, Any] | None
+
+
+def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """The table `<prefix>_prediction_log`; the prefix (a pattern's name) keeps patterns that
+    share one database apart."""
+    if not prefix.isidentifier() or prefix != prefix.lower():
+        raise ValueError(f"the table prefix must be a lower-case identifier, not {prefix!r}")
+    return sa.Table(
+        f"{prefix}_prediction_log",
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("request_id", sa.String(128), nullable=True, index=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("service", sa.String(64), nullable=False),
+        sa.Column("model", sa.String(128), nullable=True),
+        sa.Column("version", sa.String(64), nullable=True),
+        sa.Column("input", sa.JSON, nullable=True),
+        sa.Column("output", sa.JSON, nullable=True),
+        sa.Column("latency_ms", sa.Float, nullable=True),
+        sa.Column("extra", sa.JSON, nullable=True),
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON: arrays as lists, non-finite floats as null, the unknown as str."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def _row(p: Prediction) -> dict[str, Any]:
+    return {
+        "request_id": p.request_id,
+        "at": datetime.fromtimestamp(p.at, UTC),
+        "service": p.service,
+        "model": p.model,
+        "version": p.version,
+        "input": jsonable(p.input),
+        "output": jsonable(p.output),
+        "latency_ms": jsonable(p.latency_ms),
+        "extra": jsonable(p.extra),
+    }
+
+
+def _total(counter: Counter, **labels: str) -> int:
+    """A counter's value, read back (one fact, one counter)."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == labels:
+                return int(sample.value)
+    return 0
+
+
+class PredictionLog:
+    """The buffer, its writer task and its counters; use as `async with` in a lifespan."""
+
+    def __init__(
+        self,
+        url: str | sa.Engine,
+        prefix: str,
+        *,
+        service: str = "service",
+        max_buffer: int = 10_000,
+        batch_size: int = 500,
+        interval_s: float = 0.5,
+        shutdown_timeout_s: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if max_buffer < 1 or batch_size < 1 or interval_s <= 0:
+            raise ValueError("max_buffer and batch_size must be >= 1, interval_s > 0")
+        self._url = url
+        self.engine: sa.Engine | None = url if isinstance(url, sa.Engine) else None
+        self.metadata = sa.MetaData()
+        self.table = prediction_table(prefix, self.metadata)
+        self.service = service
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._buffer: deque[Prediction] = deque()
+        self._lock = threading.Lock()  # record() may be called from threads too
+        self._flushing = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._table_ready = False
+        self._failing = False
+        self._last_error = ""
+        reg = registry if registry is not None else CollectorRegistry()
+        self._written = Counter("prediction_log_written", "prediction records written",
+                                registry=reg)
+        self._dropped = Counter("prediction_log_dropped", "prediction records dropped",
+                                ["reason"], registry=reg)
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason)
+        self._errors = Counter("prediction_log_write_errors", "failed batch writes",
+                               registry=reg)
+        self._buffered = Gauge("prediction_log_buffered", "records waiting to be written",
+                               registry=reg)
+        self._buffered.set_function(lambda: len(self._buffer))
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def record(
+        self,
+        input: Any,
+        output: Any,
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        latency_ms: float | None = None,
+        request_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+        service: str | None = None,
+    ) -> bool:
+        """Buffer one prediction; False (and counted) if the buffer is full. Never blocks."""
+        item = Prediction(request_id, time.time(), service or self.service, model, version,
+                          input, output, latency_ms, extra)
+        with self._lock:
+            if len(self._buffer) < self.max_buffer:
+                self._buffer.append(item)
+                return True
+        self._dropped.labels("buffer_full").inc()
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        """What a service shows in /stats: written, dropped (by reason), buffered, errors."""
+        dropped = {reason: _total(self._dropped, reason=reason) for reason in DROP_REASONS}
+        return {
+            "written": _total(self._written),
+            "dropped": sum(dropped.values()),
+            "dropped_by_reason": dropped,
+            "buffered": len(self._buffer),
+            "write_errors": _total(self._errors),
+            "writing": not self._failing,
+            "last_error": self._last_error,
+        }
+
+    # -- the writer -------------------------------------------------------------------------
+
+    def _write(self, batch: list[Prediction]) -> None:
+        """Write one batch in one transaction (in a worker thread)."""
+        assert self.engine is not None
+        if not self._table_ready:
+            create_tables(self.engine, self.metadata)
+            self._table_ready = True
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(self.table), [_row(p) for p in batch])
+
+    async def flush(self) -> bool:
+        """Write everything buffered now; False if the database failed (the rest stays)."""
+        async with self._flushing:
+            while True:
+                with self._lock:
+                    batch = list(itertools.islice(self._buffer, self.batch_size))
+                if not batch:
+                    return True
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except Exception as exc:  # the database is down, locked or refusing
+                    self._errors.inc()
+                    self._last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    if not self._failing:
+                        log.warning("prediction log: cannot write to %s (%s); records stay "
+                                    "buffered", self.table.name, self._last_error)
+                    self._failing = True
+                    return False
+                with self._lock:  # only record() appends meanwhile, at the other end
+                    for _ in batch:
+                        self._buffer.popleft()
+                self._written.inc(len(batch))
+                if self._failing:
+                    log.warning("prediction log: writing to %s again", self.table.name)
+                    self._failing = False
+
+    async def _run(self) -> None:
+        """Flush every interval (backing off while the database fails), and once more when
+        asked to stop; a write in progress is never cancelled, so no batch is written twice."""
+        delay = self.interval_s
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            last = self._stopping.is_set()
+            ok = await self.flush()
+            if last:
+                return
+            delay = self.interval_s if ok else min(delay * 2, max(MAX_RETRY_S, self.interval_s))
+
+    async def start(self) -> None:
+        if self.engine is None:
+            assert isinstance(self._url, str)
+            url = self._url
+            kwargs = {"connect_args": {"connect_timeout": 5}} if "postgres" in url else {}
+            self.engine = make_engine(url, **kwargs)
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"predlog-{self.table.name}")
+        log.info("prediction log: %s in %s", self.table.name, show_url(self.engine))
+
+    async def stop(self) -> None:
+        """Flush what is left within `shutdown_timeout_s`, then count the rest as dropped.
+
+        A batch still being written at the deadline may land after it was counted.
+        """
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.shutdown_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        with self._lock:
+            left = len(self._buffer)
+            self._buffer.clear()
+        if left:
+            self._dropped.labels("shutdown").inc(left)
+            log.warning("prediction log: %d records not written at shutdown", left)
+        if self.engine is not None and not isinstance(self._url, sa.Engine):
+            self.engine.dispose()
+
+    async def __aenter__(self) -> PredictionLog:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
