@@ -66,3 +66,32 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert commands == ["make run", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+SQL_PATTERNS = [f for f in PATTERNS
+                if any(b.kind == "sql" for b in load_topology(f).backing.values())]
+
+
+def test_patterns_that_keep_tables_declare_a_sql_backing() -> None:
+    uses_sql = {f for f in PATTERNS
+                if any("sqlalchemy" in p.read_text() for p in f.glob("*.py"))}
+    assert uses_sql == set(SQL_PATTERNS), "a pattern with tables declares kind = \"sql\""
+
+
+@pytest.mark.parametrize("folder", SQL_PATTERNS, ids=rel)
+def test_table_names_carry_the_pattern_name(folder: Path) -> None:
+    """Patterns share one PostgreSQL database under DATABASE_URL: their tables must not clash."""
+    import importlib
+
+    import sqlalchemy as sa
+
+    name = load_topology(folder).name
+    package = ".".join(folder.relative_to(ROOT).parts)
+    tables: set[str] = set()
+    for module_file in sorted(folder.glob("*.py")):
+        module = importlib.import_module(f"{package}.{module_file.stem}")
+        for value in vars(module).values():
+            if isinstance(value, sa.MetaData):
+                tables.update(value.tables)
+    assert tables, f"no table found in {rel(folder)}"
+    assert all(t.startswith(f"{name}_") for t in tables), sorted(tables)

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.db import make_engine
-from patternkit.infra import database_url
 from patternkit.topology import Stack
 from serving_patterns.asynchronous.worker import INFERENCE
 
@@ -35,7 +34,7 @@ def run(stack: Stack) -> list[dict[str, Any]]:
             return all("body" in job for job in jobs)
 
         wait_until(all_finished, 30, what="every job finishing")
-    engine = make_engine(database_url(stack.run_dir, "inference"))
+    engine = make_engine(stack.url("db"))
     try:
         with engine.connect() as conn:
             ids = [job["id"] for job in jobs]

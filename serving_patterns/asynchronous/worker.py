@@ -21,12 +21,10 @@ import redis
 import sqlalchemy as sa
 from celery import Celery, Task
 from pydantic import Field, model_validator
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from patternkit.db import make_engine
+from patternkit.db import create_tables, make_engine, show_url, upsert
 from patternkit.faults import Faults, InjectedFault
-from patternkit.infra import database_url
 from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
 from patternkit.models import OnnxModel, as_rows
 from patternkit.settings import ServiceSettings
@@ -66,8 +64,7 @@ class WorkerSettings(ServiceSettings):
     visibility_timeout_s: float = Field(
         5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
     )
-    database_url: str | None = Field(None, description="the inference DB (default: SQLite)")
-    run_dir: str = Field(".", description="where the default SQLite file lives")
+    database_url: str = Field(..., description="the inference DB ({db.url} of the topology)")
     job_ttl_s: int = Field(86_400, gt=0)
 
     @model_validator(mode="after")
@@ -79,24 +76,6 @@ class WorkerSettings(ServiceSettings):
                 f"(DELAY_MS + RETRY_BACKOFF_MS = {longest_ms} ms), or running jobs run twice"
             )
         return self
-
-    @property
-    def inference_db(self) -> str:
-        return self.database_url or database_url(self.run_dir, "inference")
-
-
-def upsert_inference(engine: sa.Engine, row: dict[str, Any]) -> None:
-    """Insert the job's row, or overwrite it if a redelivered job gets here again."""
-    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    if engine.dialect.name not in dialects:
-        raise RuntimeError(f"the inference DB must be SQLite or PostgreSQL: {engine.dialect.name}")
-    stmt = dialects[engine.dialect.name](INFERENCE).values(row)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[INFERENCE.c.job_id],
-        set_={k: stmt.excluded[k] for k in row if k != "job_id"},
-    )
-    with engine.begin() as conn:
-        conn.execute(stmt)
 
 
 def describe(exc: BaseException) -> str:
@@ -120,12 +99,12 @@ class PredictionWorker:
         if self.pid == os.getpid():
             return
         self.model = OnnxModel(self.cfg.model_path)
-        self.engine = make_engine(self.cfg.inference_db)
-        METADATA.create_all(self.engine)
+        self.engine = make_engine(self.cfg.database_url)
+        create_tables(self.engine, METADATA)
         self.jobs = JobStore.from_url(self.cfg.redis_url, QUEUE, self.cfg.job_ttl_s)
         self.pid = os.getpid()
         log.info("loaded model %s %s; inference DB %s", self.model.name, self.model.version,
-                 self.engine.url.render_as_string(hide_password=True))
+                 show_url(self.engine))
 
     def close(self) -> None:
         if self.pid == os.getpid():
@@ -150,8 +129,9 @@ class PredictionWorker:
         }
 
     def record(self, job_id: str, result: dict[str, Any], attempt: int) -> None:
-        upsert_inference(
-            self.engine,
+        # a redelivered job that gets here again overwrites its row
+        upsert(
+            self.engine, INFERENCE,
             {
                 "job_id": job_id,
                 "request_id": result["request_id"],

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
 from patternkit.db import make_engine
-from patternkit.infra import database_url
 from patternkit.jobs import make_celery
 from patternkit.schemas import RowIdPath
 from patternkit.service import (
@@ -64,16 +63,11 @@ class RowIn(BaseModel):
 class ApiSettings(ServiceSettings):
     service_name: str = "api"
     redis_url: str = Field(..., description="Redis: the Celery broker")
-    database_url: str | None = Field(None, description="the DWH (default: SQLite in RUN_DIR)")
-    run_dir: str = Field(".", description="where the default SQLite file lives")
+    database_url: str = Field(..., description="the DWH ({db.url} of the topology)")
     retry_policy: dwh.RetryPolicy = Field(
         "partial", description="all | partial | none: what POST /jobs/{id}/rerun covers"
     )
     max_rows_per_post: int = Field(10_000, gt=0, description="larger POST /rows get 413")
-
-    @property
-    def dwh_url(self) -> str:
-        return self.database_url or database_url(self.run_dir, "batch")
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -82,7 +76,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        engine = make_engine(cfg.dwh_url)
+        engine = make_engine(cfg.database_url)
         await asyncio.to_thread(dwh.create_tables, engine)
         celery = make_celery(QUEUE, cfg.redis_url)
         await asyncio.to_thread(connect_queue, celery)  # fail at start, not on the first job

@@ -11,15 +11,14 @@ schedule and a user) never claim the same rows.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DatabaseError
+
+from patternkit import db
 
 FEATURES = ("f1", "f2", "f3", "f4")
 RetryPolicy = Literal["all", "partial", "none"]
@@ -126,29 +125,10 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     return round((aware(end) - aware(start)).total_seconds(), 3)
 
 
-def _insert(engine_or_conn: sa.Engine | sa.Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL)."""
-    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    name = engine_or_conn.dialect.name
-    if name not in dialects:
-        raise RuntimeError(f"the DWH must be SQLite or PostgreSQL, not {name}")
-    return dialects[name](table)
-
-
-def create_tables(engine: sa.Engine, attempts: int = 5) -> None:
+def create_tables(engine: sa.Engine) -> None:
     """Create the tables and the lock row; the API and the worker may race to do it."""
-    for attempt in range(1, attempts + 1):
-        try:
-            METADATA.create_all(engine)
-            with engine.begin() as conn:
-                conn.execute(
-                    _insert(conn, LOCK).values(id=1, plans=0).on_conflict_do_nothing()
-                )
-            return
-        except DatabaseError:  # another process created a table between check and CREATE
-            if attempt == attempts:
-                raise
-            time.sleep(0.1 * attempt)
+    db.create_tables(engine, METADATA)
+    db.upsert(engine, LOCK, {"id": 1, "plans": 0}, update=[])
 
 
 def new_rows_scope(policy: RetryPolicy) -> str:
@@ -435,28 +415,15 @@ def complete_chunk(
     """
     stamp = now()
     with engine.begin() as conn:
-        if outcome.results:
-            stmt = _insert(conn, RESULT)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[RESULT.c.input_id],
-                set_={c: stmt.excluded[c] for c in
-                      ("label", "probabilities", "model", "version", "job_id", "predicted_at")},
-            )
-            conn.execute(stmt, [
-                {"input_id": i, "label": label, "probabilities": proba, "model": outcome.model,
-                 "version": outcome.version, "job_id": job_id, "predicted_at": stamp}
-                for i, (label, proba) in outcome.results.items()
-            ])
-        if outcome.failures:
-            stmt = _insert(conn, FAILURES)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[FAILURES.c.job_id, FAILURES.c.input_id],
-                set_={"reason": stmt.excluded.reason, "failed_at": stmt.excluded.failed_at},
-            )
-            conn.execute(stmt, [
-                {"job_id": job_id, "input_id": i, "reason": reason, "failed_at": stamp}
-                for i, reason in outcome.failures.items()
-            ])
+        db.upsert(conn, RESULT, [
+            {"input_id": i, "label": label, "probabilities": proba, "model": outcome.model,
+             "version": outcome.version, "job_id": job_id, "predicted_at": stamp}
+            for i, (label, proba) in outcome.results.items()
+        ])
+        db.upsert(conn, FAILURES, [
+            {"job_id": job_id, "input_id": i, "reason": reason, "failed_at": stamp}
+            for i, reason in outcome.failures.items()
+        ])
         conn.execute(
             sa.update(CHUNKS)
             .where(CHUNKS.c.job_id == job_id, CHUNKS.c.chunk_no == chunk_no,

@@ -26,7 +26,6 @@ from sqlalchemy.exc import OperationalError
 
 from patternkit.db import make_engine
 from patternkit.faults import Faults, InjectedFault
-from patternkit.infra import database_url
 from patternkit.jobs import lazy_app, make_celery, open_on_start
 from patternkit.models import ModelError, OnnxModel
 from patternkit.settings import ServiceSettings
@@ -45,8 +44,7 @@ class WorkerSettings(ServiceSettings):
     service_name: str = "worker"
     redis_url: str = Field(..., description="Redis: the Celery broker")
     model_path: str = Field(..., description="model directory or .onnx file with a manifest")
-    database_url: str | None = Field(None, description="the DWH (default: SQLite in RUN_DIR)")
-    run_dir: str = Field(".", description="where the default SQLite file lives")
+    database_url: str = Field(..., description="the DWH ({db.url} of the topology)")
     chunk_size: int = Field(100, gt=0, le=100_000, description="rows per chunk (mini-job)")
     retry_policy: dwh.RetryPolicy = Field(
         "partial", description="all | partial | none: what a rerun covers (see the API)"
@@ -68,10 +66,6 @@ class WorkerSettings(ServiceSettings):
                 f"(DELAY_MS + RETRY_BACKOFF_MS = {longest_ms} ms), or running chunks run twice"
             )
         return self
-
-    @property
-    def dwh_url(self) -> str:
-        return self.database_url or database_url(self.run_dir, "batch")
 
 
 def describe(exc: BaseException) -> str:
@@ -108,7 +102,7 @@ class BatchWorker:
         """Connect to the DWH, once per process. No model: that waits for a job."""
         if self.pid == os.getpid():
             return
-        self.engine = make_engine(self.cfg.dwh_url)
+        self.engine = make_engine(self.cfg.database_url)
         dwh.create_tables(self.engine)
         self.pid = os.getpid()
         log.info("DWH %s; chunks of %d rows; RETRY_POLICY=%s; no model loaded until a job runs",

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from patternkit.db import make_engine
+from patternkit.db import create_tables, make_engine
 from patternkit.schemas import FiniteFloat
 from patternkit.service import ApiError, ServiceState, create_service, json_response
 from serving_patterns.data_cache.cache import async_redis, invalidate
@@ -61,8 +61,8 @@ def create_app(settings: DwhSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        engine = res["engine"] = make_engine(cfg.dwh_url)
-        await asyncio.to_thread(METADATA.create_all, engine)
+        engine = res["engine"] = make_engine(cfg.database_url)
+        await asyncio.to_thread(create_tables, engine, METADATA)
         n_items = await asyncio.to_thread(count_items, engine)
         res["redis"] = async_redis(cfg.cache_redis_url, cfg.redis_timeout_ms)
         where = engine.url.render_as_string(hide_password=True)

@@ -1,8 +1,9 @@
 """The DWH's item table of S9 and the queries on it, shared by every role that touches it.
 
-`data_cache_items(id, f1..f4, updated_at)` lives in SQLite under the run directory by default,
-or in `DATABASE_URL` (PostgreSQL). The seed job writes it, the DWH API reads and updates single
-rows, and the warm-up job reads many rows at once; all of them go through these functions.
+`data_cache_items(id, f1..f4, updated_at)` lives in the topology's `db` backing: SQLite under
+the run directory by default, or `DATABASE_URL` (PostgreSQL). The seed job writes it, the DWH
+API reads and updates single rows, and the warm-up job reads many rows at once; all of them go
+through these functions.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import Field
-from sqlalchemy.dialects import postgresql, sqlite
 
-from patternkit.infra import database_url
+from patternkit.db import upsert
 from patternkit.settings import ServiceSettings
 
 MAX_ID = 2**31 - 1  # an INTEGER column in every database
@@ -33,14 +33,9 @@ ITEMS = sa.Table(
 
 
 class DatabaseSettings(ServiceSettings):
-    """Where the DWH is: `DATABASE_URL`, else `dwh.db` (SQLite) in `RUN_DIR`."""
+    """Where the DWH is: `DATABASE_URL`, the `{db.url}` of the topology."""
 
-    database_url: str | None = Field(None, description="the DWH (default: SQLite in RUN_DIR)")
-    run_dir: str = Field(".", description="where the default SQLite file lives")
-
-    @property
-    def dwh_url(self) -> str:
-        return self.database_url or database_url(self.run_dir, "dwh")
+    database_url: str = Field(..., description="the DWH ({db.url} of the topology)")
 
 
 def iso(moment: datetime) -> str:
@@ -73,16 +68,7 @@ def read_items(engine: sa.Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
 
 def upsert_items(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
     """Insert rows, or overwrite the ones whose id exists."""
-    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    if engine.dialect.name not in dialects:
-        raise RuntimeError(f"the DWH must be SQLite or PostgreSQL, not {engine.dialect.name}")
-    stmt = dialects[engine.dialect.name](ITEMS)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[ITEMS.c.id],
-        set_={name: stmt.excluded[name] for name in (*FEATURES, "updated_at")},
-    )
-    with engine.begin() as conn:
-        conn.execute(stmt, rows)
+    upsert(engine, ITEMS, rows)
 
 
 def write_item(

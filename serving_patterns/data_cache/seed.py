@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from patternkit.db import make_engine
+from patternkit.db import create_tables, make_engine
 from patternkit.models import load_dataset
 from serving_patterns.data_cache.items import (
     FEATURES,
@@ -39,9 +39,9 @@ def iris_items() -> list[dict[str, object]]:
 def main() -> int:
     cfg = SeedSettings()
     started = time.perf_counter()
-    engine = make_engine(cfg.dwh_url)
+    engine = make_engine(cfg.database_url)
     try:
-        METADATA.create_all(engine)
+        create_tables(engine, METADATA)
         rows = iris_items()
         upsert_items(engine, rows)
         where = engine.url.render_as_string(hide_password=True)

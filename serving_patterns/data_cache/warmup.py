@@ -55,7 +55,7 @@ def warm(cfg: WarmupSettings, ids: list[int]) -> dict[str, Any]:
     """Read `ids` from the DWH in batches and cache each row; counts of what happened."""
     cache = redis.Redis.from_url(cfg.cache_redis_url, socket_timeout=5, socket_connect_timeout=5)
     fill = cache.register_script(FILL_LUA)
-    engine = make_engine(cfg.dwh_url)
+    engine = make_engine(cfg.database_url)
     ttl_ms = max(1, round(cfg.cache_ttl_s * 1000))
     report: dict[str, Any] = {"requested": len(ids), "stored": 0, "refused": 0, "queries": 0}
     missing: list[int] = []

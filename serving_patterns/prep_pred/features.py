@@ -1,15 +1,14 @@
 """The feature table of S5, `prep_pred_features`: one row of iris measurements per id.
 
 The trainer fills it once (ids 0-149, upserted, so a rerun changes nothing) and the retrieve
-stage reads it. It lives in `DATABASE_URL` (PostgreSQL) when that is set, else in SQLite under
-the run directory; the table name carries the pattern's name so patterns can share a database.
+stage reads it. It lives in the topology's `db` backing: `DATABASE_URL` (PostgreSQL) when that
+is set, else SQLite in the run directory; the table name carries the pattern's name so patterns
+can share a database.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-
-from patternkit.infra import database_url
 
 TABLE = "prep_pred_features"
 FEATURE_COLUMNS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -22,7 +21,3 @@ FEATURES = sa.Table(
     *(sa.Column(name, sa.Float, nullable=False) for name in FEATURE_COLUMNS),
 )
 
-
-def features_url(run_dir: str) -> str:
-    """`DATABASE_URL` if set, else the SQLite file `prep_pred.db` in the run directory."""
-    return database_url(run_dir, "prep_pred")

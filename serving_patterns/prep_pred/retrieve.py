@@ -2,7 +2,7 @@
 
 `POST /features {"ids": [0, 50]}` answers the rows in the order asked (`{"ids", "data",
 "features"}`); an id with no row is a 404 naming it. The table (`features.py`) lives in
-`DATABASE_URL` or in SQLite under `RUN_DIR`; start-up fails if it is missing. A database that
+`DATABASE_URL` (the topology's `{db.url}`); start-up fails if it is missing. A database that
 fails at request time is a 503 naming the feature store, never a 500.
 """
 
@@ -18,27 +18,22 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
-from patternkit.db import make_engine
+from patternkit.db import make_engine, show_url
 from patternkit.faults import Faults, InjectedFault
 from patternkit.schemas import RowId
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
-from serving_patterns.prep_pred.features import FEATURE_COLUMNS, FEATURES, TABLE, features_url
+from serving_patterns.prep_pred.features import FEATURE_COLUMNS, FEATURES, TABLE
 
 
 class RetrieveSettings(ServiceSettings):
     """Where the feature table is, and how many ids one call may ask for."""
 
     service_name: str = "retrieve"
-    database_url: str | None = Field(None, description="the feature DB (default: SQLite)")
-    run_dir: str = Field(".", description="where the default SQLite file lives")
+    database_url: str = Field(..., description="the feature DB ({db.url} of the topology)")
     max_ids: int = Field(1000, gt=0, description="more ids in one call get 413")
     delay_ms: int = Field(0, ge=0, description="added latency per call")
     fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
-
-    @property
-    def features_db(self) -> str:
-        return self.database_url or features_url(self.run_dir)
 
 
 class FeatureRequest(BaseModel):
@@ -67,11 +62,11 @@ def create_app(settings: RetrieveSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        engine = res["engine"] = make_engine(cfg.features_db)
+        engine = res["engine"] = make_engine(cfg.database_url)
         rows = await asyncio.to_thread(count_rows, engine)  # no table: start-up fails here
         state.metadata.update(
             table=TABLE, rows=rows, features=list(FEATURE_COLUMNS), max_ids=cfg.max_ids,
-            database=engine.url.render_as_string(hide_password=True),
+            database=show_url(engine),
         )
         yield
         engine.dispose()

@@ -3,8 +3,8 @@
 It runs once, before the stages start. The scaler goes to `{out}/prep` (an ONNX transform)
 and the classifier to `{out}/pred` (ONNX, zipmap off). Both manifests carry the same new
 `train_run_id`, so the proxy can tell when the two stages come from different runs. With
-`--run-dir` it also loads the 150 iris rows (ids 0-149) into `prep_pred_features`, the table
-the retrieve stage reads (DATABASE_URL if set, else SQLite in the run directory).
+`--database-url` (the topology's `{db.url}`) it also loads the 150 iris rows (ids 0-149) into
+`prep_pred_features`, the table the retrieve stage reads.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from patternkit.db import make_engine
+from patternkit.db import create_tables, make_engine, show_url, upsert
 from patternkit.models import build_pipeline, data_hash, load_dataset, write_artifact
 from patternkit.transform import write_transform_artifact
-from serving_patterns.prep_pred.features import FEATURE_COLUMNS, FEATURES, METADATA, features_url
+from serving_patterns.prep_pred.features import FEATURE_COLUMNS, FEATURES, METADATA
 
 TEST_SIZE = 0.3
 
@@ -78,17 +76,9 @@ def load_features(url: str) -> int:
         for i, x in enumerate(np.asarray(X))
     ]
     engine = make_engine(url)
-    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    if engine.dialect.name not in dialects:
-        raise RuntimeError(f"the feature DB must be SQLite or PostgreSQL: {engine.dialect.name}")
     try:
-        METADATA.create_all(engine)
-        stmt = dialects[engine.dialect.name](FEATURES)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[FEATURES.c.id], set_={c: stmt.excluded[c] for c in FEATURE_COLUMNS}
-        )
-        with engine.begin() as conn:
-            conn.execute(stmt, rows)
+        create_tables(engine, METADATA)
+        upsert(engine, FEATURES, rows)
     finally:
         engine.dispose()
     return len(rows)
@@ -102,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--run-id", default=None, help="default: a new run-<time>-<random> id")
-    parser.add_argument("--run-dir", default=None,
-                        help="also load the iris rows into the feature table of this run")
+    parser.add_argument("--database-url", default=None,
+                        help="also load the iris rows into the feature table of this database")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     manifests = train(args.out, version=args.version, seed=args.seed, run_id=args.run_id)
@@ -112,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
           f" {json.dumps(pred['metrics'])}", flush=True)
     for stage, manifest in manifests.items():
         print(f"  {stage}: {Path(args.out) / stage} sha256={manifest['sha256'][:12]}", flush=True)
-    if args.run_dir is not None:
-        url = features_url(args.run_dir)
-        n = load_features(url)
-        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-        print(f"loaded {n} feature rows into {FEATURES.name} ({shown})", flush=True)
+    if args.database_url is not None:
+        n = load_features(args.database_url)
+        print(f"loaded {n} feature rows into {FEATURES.name} ({show_url(args.database_url)})",
+              flush=True)
     return 0
 
 

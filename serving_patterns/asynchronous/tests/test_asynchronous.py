@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.db import make_engine
-from patternkit.infra import database_url
 from patternkit.jobs import JobQueue, JobStore, make_celery
 from patternkit.models import OnnxModel, load_dataset
 from patternkit.testing import BAD_PREDICT_BODIES, post_body
@@ -61,7 +60,7 @@ def finished(
 
 def inference_rows(stack: Stack, job_id: str) -> list[dict[str, Any]]:
     """Read the D2 table as any other consumer would: straight from the DB."""
-    engine = make_engine(database_url(stack.run_dir, "inference"))
+    engine = make_engine(stack.url("db"))
     try:
         with engine.connect() as conn:
             query = sa.select(INFERENCE).where(INFERENCE.c.job_id == job_id)

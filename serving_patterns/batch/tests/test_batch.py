@@ -13,7 +13,6 @@ import sqlalchemy as sa
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.db import make_engine
-from patternkit.infra import database_url
 from patternkit.jobs import make_celery
 from patternkit.models import OnnxModel
 from patternkit.topology import Stack
@@ -69,7 +68,7 @@ def finished(api: Client, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
 
 def results(stack: Stack, ids: list[int]) -> dict[int, dict[str, Any]]:
     """The result table as any consumer reads it: straight from the DWH."""
-    engine = make_engine(database_url(stack.run_dir, "batch"))
+    engine = make_engine(stack.url("db"))
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(RESULT).where(RESULT.c.input_id.in_(ids))).mappings()

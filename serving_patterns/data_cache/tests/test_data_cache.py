@@ -18,7 +18,6 @@ import sqlalchemy as sa
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.db import make_engine
-from patternkit.infra import database_url
 from patternkit.testing import post_body
 from patternkit.topology import Stack
 from serving_patterns.data_cache.items import ITEMS
@@ -311,7 +310,7 @@ def test_a_write_that_skips_invalidation_shows_up_once_the_ttl_ends(
     warmed = time.monotonic()  # the entry was stored just before: it expires before warmed + 3
 
     # an ETL job writes the table directly, past the DWH API that would invalidate the entry
-    engine = make_engine(database_url(stack.run_dir, "dwh"))
+    engine = make_engine(stack.url("db"))
     try:
         with engine.begin() as conn:
             conn.execute(sa.update(ITEMS).where(ITEMS.c.id == item).values(
