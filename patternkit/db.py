@@ -20,6 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 # the PostgreSQL advisory lock that serialises create_tables across processes
 CREATE_LOCK_KEY = zlib.crc32(b"patternkit.db.create_tables")
 _INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# A row id column: 64-bit, as `patternkit.schemas.RowId` allows (a PostgreSQL INTEGER would
+# make a lookup of a larger id an error, not a miss); SQLite's INTEGER is 64-bit already and is
+# the only type whose primary key autoincrements there.
+ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def normalise_url(url: str) -> str:

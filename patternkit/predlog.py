@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from patternkit.db import create_tables, make_engine, show_url
+from patternkit.db import ROW_ID, create_tables, make_engine, show_url
 
 log = logging.getLogger("patternkit.predlog")
 
@@ -57,8 +57,7 @@ def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Tab
     return sa.Table(
         f"{prefix}_prediction_log",
         metadata if metadata is not None else sa.MetaData(),
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(128), nullable=True, index=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("service", sa.String(64), nullable=False),

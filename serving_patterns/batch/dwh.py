@@ -37,7 +37,7 @@ METADATA = sa.MetaData()
 INPUT = sa.Table(
     "batch_input",
     METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", db.ROW_ID, primary_key=True, autoincrement=True),
     *(sa.Column(name, sa.Float, nullable=True) for name in FEATURES),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
@@ -45,7 +45,7 @@ INPUT = sa.Table(
 RESULT = sa.Table(
     "batch_result",
     METADATA,
-    sa.Column("input_id", sa.Integer, sa.ForeignKey("batch_input.id"), primary_key=True),
+    sa.Column("input_id", db.ROW_ID, sa.ForeignKey("batch_input.id"), primary_key=True),
     sa.Column("label", sa.Integer, nullable=False),
     sa.Column("probabilities", sa.JSON, nullable=False),
     sa.Column("model", sa.String(64), nullable=False),
@@ -86,7 +86,7 @@ JOB_ROWS = sa.Table(
     "batch_job_row",
     METADATA,
     sa.Column("job_id", sa.String(32), primary_key=True),
-    sa.Column("input_id", sa.Integer, primary_key=True, index=True),
+    sa.Column("input_id", db.ROW_ID, primary_key=True, index=True),
     sa.Column("chunk_no", sa.Integer, nullable=False),
     sa.Index("ix_batch_job_row_chunk", "job_id", "chunk_no"),
 )
@@ -94,7 +94,7 @@ FAILURES = sa.Table(
     "batch_failure",
     METADATA,
     sa.Column("job_id", sa.String(32), primary_key=True),
-    sa.Column("input_id", sa.Integer, primary_key=True, index=True),
+    sa.Column("input_id", db.ROW_ID, primary_key=True, index=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from patternkit.db import ROW_ID
+
 TABLE = "prep_pred_features"
 FEATURE_COLUMNS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
@@ -17,7 +19,7 @@ METADATA = sa.MetaData()
 FEATURES = sa.Table(
     TABLE,
     METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=False),
     *(sa.Column(name, sa.Float, nullable=False) for name in FEATURE_COLUMNS),
 )
 
