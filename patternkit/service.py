@@ -35,6 +35,7 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -207,6 +208,9 @@ class ServiceMiddleware:
         self.state = state
         self.limit = state.settings.max_body_bytes
         self.served_by = (b"x-served-by", state.served_by.encode())
+        # fast routes are called from here only when no other middleware sits inside this one
+        # (one that checks API keys, say): calling past it would skip its check
+        self.direct = isinstance(app, ExceptionMiddleware)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -264,7 +268,7 @@ class ServiceMiddleware:
             else:
                 if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                     receive = self._limited(receive)
-                fast = state.fast_routes.get((scope["method"], path))
+                fast = state.fast_routes.get((scope["method"], path)) if self.direct else None
                 if fast is None:
                     await self.app(scope, receive, send_wrapper)
                 else:

@@ -293,3 +293,28 @@ def test_a_fast_route_is_served_by_the_middleware_with_the_same_errors_and_metri
         metrics = client.get("/metrics").text
         for status in ("200", "409", "500"):
             assert f'route="/boom",status="{status}"' in metrics
+
+
+def test_a_middleware_inside_the_scaffold_still_sees_fast_routes() -> None:
+    from starlette.middleware import Middleware
+
+    from patternkit.service import add_fast_route, error_response, json_response
+
+    def guard(app: Any) -> Any:
+        async def check(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and dict(scope["headers"]).get(b"x-key") != b"k":
+                await error_response(401, "no key")(scope, receive, send)
+                return
+            await app(scope, receive, send)
+        return check
+
+    app = create_service(ServiceSettings(service_name="guarded"))
+
+    async def ok(request: Any) -> Any:
+        return json_response({"ok": True})
+
+    add_fast_route(app, "/ok", ok)
+    app.user_middleware.append(Middleware(guard))  # inside the scaffold, as S12's key check
+    with TestClient(app) as client:
+        assert client.post("/ok").status_code == 401
+        assert client.post("/ok", headers={"x-key": "k"}).json() == {"ok": True}
