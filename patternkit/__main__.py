@@ -125,6 +125,7 @@ def parse_ctl(words: list[str]) -> tuple[str | None, str, str | None]:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `make ctl status | head` ends quietly
     pattern, verb, service = parse_ctl(args.words)
     env: dict[str, str] = {}
     for item in args.set or []:

@@ -145,9 +145,13 @@ class Proc:
             self.exit_code,
         )
 
-    def tail(self, lines: int = 40) -> str:
+    def tail(self, lines: int = 40, this_run: bool = False) -> str:
+        """The last lines of its log (`this_run`: only what its latest start wrote)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                if this_run:
+                    log.seek(self.log_offset)
+                text = log.read().decode("utf-8", "replace")
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
@@ -369,7 +373,8 @@ class Stack:
                 time.sleep(POLL_S)
 
     def _failure(self, proc: Proc, what: str) -> str:
-        return f"service {proc.name} {what}; last lines of {proc.log_path}:\n{proc.tail()}"
+        tail = proc.tail(this_run=True)
+        return f"service {proc.name} {what}; last lines of {proc.log_path}:\n{tail}"
 
     def stop(self) -> None:
         """Tear everything down in reverse start order (SIGTERM, grace, SIGKILL)."""
