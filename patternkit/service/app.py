@@ -69,7 +69,8 @@ def create_service(
     """A FastAPI app with the scaffold installed; `lifespan` opens what the service needs.
 
     What `lifespan` yields, `upstreams` (e.g. `{"predictor": Upstream(timeout_s)}`, closed at
-    shutdown) and the `ServiceState` (as `service`) are the lifespan state routes read.
+    shutdown), the `ServiceState` (as `service`) and the settings (as `settings`) are the
+    lifespan state routes read, so a route can be a module-level function.
     The service turns ready once `lifespan` has entered, or, with `auto_ready=False`, when the
     service sets `state.ready = True` itself (e.g. after a model loads in the background, so
     that `/health` answers while `/ready` is still 503). It turns unready at shutdown.
@@ -80,7 +81,7 @@ def create_service(
     @asynccontextmanager
     async def scaffold_lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         ops_routes_last(app)
-        shared: dict[str, object] = {"service": state, **clients}
+        shared: dict[str, object] = {"service": state, "settings": settings, **clients}
         try:
             if lifespan is None:
                 state.ready = True

@@ -15,6 +15,7 @@ from contextlib import suppress
 from random import getrandbits
 
 from fastapi import Request
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patternkit.logs import request_id_var
@@ -38,6 +39,10 @@ class ServiceMiddleware:
         self.state = state
         self.limit = state.settings.max_body_bytes
         self.served_by = (b"x-served-by", state.served_by.encode())
+        # fast routes are called from here only when nothing sits between this middleware and
+        # the router's exception layer: a middleware added inside (e.g. S12's API key check)
+        # must see every request, so then they are routed as usual
+        self.direct = isinstance(app, ExceptionMiddleware)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +103,7 @@ class ServiceMiddleware:
             else:
                 if length is None and method in ("POST", "PUT", "PATCH"):
                     receive = self._limited(receive)
-                fast = state.fast_routes.get((method, path))
+                fast = state.fast_routes.get((method, path)) if self.direct else None
                 if fast is None:
                     await self.app(scope, receive, send_wrapper)
                 else:
