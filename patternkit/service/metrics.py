@@ -103,6 +103,10 @@ class Metrics:
         self._declare(metric, name, labels, None, False)
         return metric
 
+    def view(self, stat: str, child: Counter | Gauge) -> None:
+        """Show one labelled child (e.g. `calls.labels("stage1")`) at the `stat` path."""
+        self._views.append((tuple(stat.split(".")), lambda: _number(child._value.get())))
+
     def stats(self) -> dict[str, Any]:
         """Every declared `stat`, read now from the registry, nested by its dotted path."""
         out: dict[str, Any] = {}
