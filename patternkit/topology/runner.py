@@ -260,9 +260,9 @@ class Stack:
         proc.env = env
         if proc.spec.app:
             proc.argv = [
-                sys.executable, "-m", "uvicorn", "--factory", proc.spec.app,
+                sys.executable, "-m", "patternkit.serve", proc.spec.app,
                 "--host", "127.0.0.1", "--port", str(proc.port),
-                "--no-access-log", "--timeout-graceful-shutdown", str(int(self.grace)),
+                "--timeout-graceful-shutdown", str(int(self.grace)),
             ]
         else:
             proc.argv = [arg.format_map(ctx) for arg in proc.spec.run or []]
