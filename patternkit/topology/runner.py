@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from patternkit import heartbeat
 from patternkit.infra import external_redis_url, free_port, redis_command, redis_ping
 from patternkit.topology.schema import ServiceSpec, Topology, load_topology
 
@@ -111,6 +112,8 @@ class Proc:
     failures: int = 0  # exits in a row without a steady run between them (sets the backoff)
     up_since: float = 0.0
     next_start: float = 0.0
+    heartbeat: Path | None = None  # its heartbeat file, when readiness is a fresh heartbeat
+    spawned_at: float = 0.0  # wall clock of the last spawn: an older heartbeat does not count
 
     @property
     def listens(self) -> bool:
@@ -258,6 +261,9 @@ class Stack:
         env.update(self.overrides.get(proc.service, {}))
         env.update(self.overrides.get(proc.name, {}))
         proc.env = env
+        if proc.spec.heartbeat:
+            proc.heartbeat = Path(env.get(heartbeat.ENV_VAR)
+                                  or proc.spec.heartbeat.format_map(ctx))
         if proc.spec.app:
             proc.argv = [
                 sys.executable, "-m", "patternkit.serve", proc.spec.app,
@@ -301,6 +307,7 @@ class Stack:
         proc.state = State.STARTING
         proc.spawns += 1
         env = {**os.environ, **proc.env}
+        proc.spawned_at = time.time()
         with proc.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(proc.argv)}\n".encode())
             log.flush()
@@ -346,6 +353,8 @@ class Stack:
                 return client.get(proc.url + proc.spec.ready).status_code == 200
             except httpx.HTTPError:
                 return False
+        if proc.heartbeat is not None:
+            return heartbeat.is_fresh(proc.heartbeat, since=proc.spawned_at)
         if proc.spec.ready_log:
             try:
                 with proc.log_path.open("rb") as log:
