@@ -9,11 +9,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 RUN pip install --no-cache-dir uv
 
-# dependencies first, so code edits do not reinstall them
-COPY pyproject.toml README.md ./
-RUN mkdir patternkit && touch patternkit/__init__.py \
-    && uv pip install --system --no-cache . \
-    && rm -rf patternkit
+# dependencies first, at the versions of uv.lock, so code edits do not reinstall them
+COPY pyproject.toml uv.lock README.md ./
+RUN uv export --locked --no-dev --no-emit-project --no-hashes -o /tmp/requirements.txt \
+    && uv pip install --system --no-cache -r /tmp/requirements.txt
 
 COPY . .
 RUN uv pip install --system --no-cache --no-deps . \

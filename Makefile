@@ -20,10 +20,14 @@ endif
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the exact versions of uv.lock (`uv lock` after changing pyproject.toml; --locked refuses a
+# stale lock); --inexact keeps uv itself in the venv
+$(STAMP): pyproject.toml uv.lock
+	@echo "setting up $(VENV) from uv.lock: the first time takes about a minute ..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -e '.[test,bench]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv sync --locked --inexact --compile-bytecode \
+	  --quiet --extra test --extra bench
 	touch $(STAMP)
 
 run: $(STAMP) vendor

@@ -121,15 +121,18 @@ def pin(pids: Iterable[int], cpu_set: set[int]) -> int:
     return pinned
 
 
-def pin_servers() -> str:
-    """Move every process this one started (and their threads) off the load generator's CPU,
-    and this harness (its polling threads too) onto it."""
+def pin_servers(servers_too: bool = True) -> str:
+    """Put this harness (its polling threads too) on the load generator's CPU and, with
+    `servers_too`, every process it started (and their threads) on the other CPUs; without,
+    the servers keep every CPU and the OS places them, as on a machine they share."""
     if len(cpus()) < 2:
         return "not pinned (one CPU)"
-    n = pin(descendants(os.getpid()), server_cpus())
     pin([os.getpid()], load_cpus())
-    return (f"load generator and harness on CPU {min(load_cpus())}, {n} server processes on "
-            f"CPU {','.join(map(str, sorted(server_cpus())))}")
+    where = f"load generator and harness on CPU {min(load_cpus())}"
+    if not servers_too:
+        return f"{where}, server processes on any CPU (placed by the OS)"
+    n = pin(descendants(os.getpid()), server_cpus())
+    return f"{where}, {n} server processes on CPU {','.join(map(str, sorted(server_cpus())))}"
 
 
 def wrk_script(load: Load, workdir: Path) -> Path:

@@ -73,6 +73,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--tool", choices=("auto", "wrk", "locust"), default="auto")
+    parser.add_argument(
+        "--pin", choices=("load", "servers"), default="load",
+        help="load: only the load generator gets CPU 0 and the servers share every CPU, as "
+             "processes of one machine do (default); servers: the servers are confined to the "
+             "other CPUs, so a pattern's processes split one CPU between them",
+    )
     parser.add_argument("--batch-rows", type=int, default=5000, help="rows per S4 job")
     parser.add_argument("--chunk-size", type=int, default=100, help="S4 CHUNK_SIZE")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare FastAPI app")
@@ -354,7 +360,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as running:
         stacks = boot(running, targets, args.chunk_size, run_root)
-        pinning = pin_servers()
+        pinning = pin_servers(servers_too=args.pin == "servers")
         print(f"{pinning}; logs under {run_root}", flush=True)
         bench = Bench(args, targets, stacks, tool, workdir)
         bench.run()

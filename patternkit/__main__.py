@@ -25,6 +25,7 @@ from patternkit.catalogue import position, render_readme
 from patternkit.catalogue import rows as catalogue_rows
 from patternkit.client import format_table
 from patternkit.infra import port_is_free
+from patternkit.logs import configure as configure_logs
 from patternkit.topology import (
     Stack,
     StackError,
@@ -125,6 +126,7 @@ def parse_ctl(words: list[str]) -> tuple[str | None, str, str | None]:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `make ctl status | head` ends quietly
     pattern, verb, service = parse_ctl(args.words)
     env: dict[str, str] = {}
     for item in args.set or []:
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         func=cmd_check
     )
     args = parser.parse_args(argv)
+    configure_logs("patternkit")
     try:
         code: int = args.func(args)
     except (TopologyError, StackError) as exc:

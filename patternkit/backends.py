@@ -6,12 +6,18 @@
 an `ApiError` with a 502/503/504 naming the backend, never a 500. S6 chains these calls; S7
 runs them in parallel and turns each failure into a named gap in a partial answer
 (serving_patterns.microservice_vertical and microservice_horizontal).
+
+`timed_call` is the one timed HTTP call under them; `RemoteModel` is a predictor as a proxy
+sees it: its version, input width and batch limit learned from its `/metadata` and refreshed
+in the background (S8), so no proxy keeps its own way of knowing them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +25,11 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from patternkit.proxy import Upstream, error_message
+from patternkit.proxy import Reply, Upstream, error_message
 from patternkit.schemas import PredictResponse
 from patternkit.service import ApiError
+
+log = logging.getLogger("patternkit.backends")
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,16 @@ class BackendFailed(ApiError):
                 "url": self.backend.url, "ms": self.ms}
 
 
+async def timed_call(
+    upstream: Upstream, method: str, url: str, *, body: bytes | None = None,
+    rid: str | None = None, timeout_s: float | None = None, name: str | None = None,
+) -> tuple[Reply, float]:
+    """One backend call and the milliseconds it took (502/504 ApiErrors as Upstream.call)."""
+    started = time.perf_counter()
+    reply = await upstream.call(method, url, body=body, rid=rid, timeout_s=timeout_s, name=name)
+    return reply, round((time.perf_counter() - started) * 1000, 1)
+
+
 async def call_model(
     upstream: Upstream, backend: Backend, X: np.ndarray, rid: str | None, timeout_s: float
 ) -> ModelReply:
@@ -132,3 +150,70 @@ async def call_model(
         )
     return ModelReply(backend.name, out.model, out.version, out.served_by, ms,
                       out.prediction, out.probabilities)
+
+
+class RemoteModel:
+    """A predictor's model as a proxy knows it, from the predictor's `/metadata`.
+
+    `version`, `n_features` and `max_batch_rows` are None until the predictor has a model;
+    `run()` (a lifespan background task) re-reads them every `refresh_s` once known, every
+    0.2 s before, and keeps the last ones when a read fails. `on_change(old, new)` hears of a
+    new version; `learn(version)` takes one seen on a reply (X-Model-Version).
+    """
+
+    def __init__(
+        self, upstream: Upstream, url: str, *, refresh_s: float = 5.0,
+        name: str = "predictor", on_change: Callable[[str | None, str], None] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.backend = Backend(name, url.rstrip("/"))
+        self.refresh_s = refresh_s
+        self.on_change = on_change
+        self.version: str | None = None
+        self.n_features: int | None = None
+        self.max_batch_rows: int | None = None
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def known(self) -> bool:
+        return self.version is not None and self.n_features is not None
+
+    def learn(self, version: str) -> None:
+        if version != self.version:
+            old, self.version = self.version, version
+            log.info("model version %s -> %s", old, version)
+            if self.on_change is not None:
+                self.on_change(old, version)
+
+    async def refresh(self) -> bool:
+        """Read `/metadata` once; True when the model is known (now or from before)."""
+        url = f"{self.backend.url}/metadata"
+        try:
+            reply = await self.upstream.call("GET", url, timeout_s=2.0, name=self.backend.name)
+            meta: Any = reply.json() if reply.status == 200 else {}
+            version = meta.get("model_version")
+            if not version:  # the predictor is still loading its model
+                return self.known
+            n_features = int(meta["model"]["input_schema"]["n_features"])
+            rows = meta.get("max_batch_rows")
+        except (ApiError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cannot read %s: %s", url, getattr(exc, "message", exc))
+            return self.known
+        self.metadata = meta
+        self.n_features = n_features
+        self.max_batch_rows = int(rows) if rows is not None else None
+        self.learn(str(version))
+        return True
+
+    async def run(self) -> None:
+        """Refresh for ever (cancel the task to stop)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # keep refreshing whatever happened this time
+                log.exception("metadata refresh of %s failed", self.backend.url)
+            await asyncio.sleep(self.refresh_s if self.known else 0.2)
+
+    async def predict(self, X: np.ndarray, rid: str | None, timeout_s: float) -> ModelReply:
+        """`call_model` on this predictor."""
+        return await call_model(self.upstream, self.backend, X, rid, timeout_s)

@@ -48,6 +48,39 @@ CATALOGUE: list[tuple[str, str, str]] = [
 ]
 
 
+# The roles a pattern's processes play: a module that a topology starts is named after its
+# role (`proxy.py`), or `<what>_<role>.py` where a pattern has two of a kind
+# (`fragile_predictor.py`). The same names in every pattern, so a reader knows a module by it.
+ROLES: dict[str, str] = {
+    "predictor": "serves a model's predictions over HTTP",
+    "server": "a model server built from a configuration (serving template)",
+    "proxy": "the entry in front of backends: balances, chains, fans out, caches or guards",
+    "router": "sends each request to the service of the model it names",
+    "api": "takes work (jobs, rows) and answers with ids; serves the results",
+    "webapp": "a user-facing application that calls a predictor on the request path",
+    "worker": "a Celery worker running queued jobs",
+    "scheduler": "starts jobs on a schedule",
+    "trainer": "trains a model and exports it (ONNX), once",
+    "seed": "loads the pattern's demo data, once",
+    "warmup": "fills a cache before traffic arrives",
+    "dwh": "the data warehouse the pattern reads features from",
+    "retrieve": "the stage that fetches stored features (prep-pred)",
+    "prep": "the stage that turns raw rows into model inputs (prep-pred)",
+    "pred": "the stage that runs the model on prepared inputs (prep-pred)",
+    "distribution": "hands out models and their manifests to edge devices",
+    "monolith": "every model in one process (the all-in-one antipattern)",
+}
+
+
+def role_of(module: str) -> str | None:
+    """The role a process module's name declares, or None when it declares none."""
+    name = module.rsplit(".", 1)[-1]
+    if name in ROLES:
+        return name
+    suffix = name.rsplit("_", 1)[-1]
+    return suffix if "_" in name and suffix in ROLES else None
+
+
 def position(folder: Path, root: Path) -> int:
     """Where a pattern folder stands in the catalogue (its order in the public catalogue)."""
     rel = folder.resolve().relative_to(root.resolve()).as_posix()

@@ -5,6 +5,13 @@ visibility timeout and a fast sweep of unacked messages, so a task whose worker 
 redelivered within seconds. `JobStore` keeps one Redis hash per job (pending, running, done,
 failed, attempts, result or error) and `JobQueue` records a job, then sends its message.
 
+The worker side: `WorkerSettings` is the base of every worker's settings (broker, fault knobs,
+a visibility timeout checked against the longest job, the heartbeat file), `make_worker`
+builds its app (`make_celery` plus a heartbeat refreshed while it consumes, which the
+topology's `worker = "module"` healthcheck reads), `open_on_start` opens its resources once
+per process, `lazy_app` lets `celery -A module` find `app`, and `transient_errors()` lists the
+failures worth another attempt.
+
 Why not Celery's result backend: on the Redis backend every `send_task` subscribes the
 producer to a pub/sub channel for the result, which a web API that never calls `.get()`
 leaks, and Celery reports an id it has never seen as PENDING, like a queued one.
@@ -18,11 +25,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import Any, ClassVar, Self
 
 import orjson
 import redis
 from celery import Celery, bootsteps
+from pydantic import Field, model_validator
+
+from patternkit import heartbeat
+from patternkit.faults import Faults, InjectedFault
+from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.jobs")
 
@@ -107,6 +120,103 @@ def open_on_start(app: Celery, open_: Callable[[], None], close: Callable[[], No
             close()
 
     app.steps["worker"].add(OpenResources)
+
+
+class WorkerSettings(ServiceSettings):
+    """What every Celery worker has: its broker, its fault knobs, its redelivery timeout and
+    its heartbeat. A pattern's worker subclasses it and adds its own settings.
+
+    `LONGEST_JOB` names the settings whose sum bounds how long one message's task runs
+    (a retry's countdown included): VISIBILITY_TIMEOUT_S must exceed it, or a task still
+    running is delivered to another worker. `JOB` is what one message is called in the error.
+    """
+
+    LONGEST_JOB: ClassVar[tuple[str, ...]] = ("delay_ms",)
+    JOB: ClassVar[str] = "job"
+
+    service_name: str = "worker"
+    redis_url: str = Field(..., description="Redis: the Celery broker")
+    delay_ms: int = Field(0, ge=0, description="added time per job: a slow model")
+    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
+    visibility_timeout_s: float = Field(
+        5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
+    )
+    heartbeat_file: str | None = Field(
+        None, description="refreshed while the worker consumes (its healthcheck); the topology "
+        "sets it"
+    )
+    heartbeat_interval_s: float = Field(heartbeat.INTERVAL_S, gt=0, le=heartbeat.MAX_AGE_S / 2)
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_a_job(self) -> Self:
+        longest_ms = sum(getattr(self, name) for name in self.LONGEST_JOB)
+        if self.visibility_timeout_s * 1000 <= longest_ms:
+            names = " + ".join(name.upper() for name in self.LONGEST_JOB)
+            raise ValueError(
+                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the longest "
+                f"{self.JOB} ({names} = {longest_ms} ms), or running {self.JOB}s run twice"
+            )
+        return self
+
+    def faults(self) -> Faults:
+        """DELAY_MS and FAIL_MODE, parsed (one `Faults` per worker: it counts the calls)."""
+        return Faults.parse(self.fail_mode, self.delay_ms)
+
+
+@cache
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Failures worth another attempt: an injected (flaky) fault, a busy or unreachable DB or
+    Redis. SQLAlchemy is imported on the first call, so that producers need not load it."""
+    from sqlalchemy.exc import OperationalError
+
+    return (InjectedFault, OperationalError, redis.ConnectionError)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as a job record shows it: `Type: message`."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def beat_while_consuming(
+    app: Celery, path: str, interval_s: float = heartbeat.INTERVAL_S
+) -> None:
+    """Refresh the heartbeat file `path` while the worker consumes its queues.
+
+    A consumer bootstep: it starts once the task consumer is up (when the worker is about to
+    log "ready.", after `open_on_start` resources opened) and stops, removing the file, when
+    the connection to the broker is lost or the worker shuts down. A file left by an earlier
+    process is removed when this one starts.
+    """
+
+    class Heartbeat(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            heartbeat.clear(path)  # an earlier process's file does not vouch for this one
+            self.beat = heartbeat.Heartbeat(path, interval_s)
+            super().__init__(parent, **kwargs)
+
+        def start(self, parent: Any) -> None:
+            self.beat.start()
+
+        def stop(self, parent: Any) -> None:
+            self.beat.stop()
+
+        shutdown = terminate = stop
+
+    app.steps["consumer"].add(Heartbeat)
+
+
+def make_worker(queue: str, settings: WorkerSettings, **overrides: Any) -> Celery:
+    """A worker process's Celery app: `make_celery(queue)` on the settings' broker and
+    visibility timeout, with a heartbeat while it consumes when HEARTBEAT_FILE is set."""
+    app = make_celery(
+        queue, settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
+        **overrides,
+    )
+    if settings.heartbeat_file:
+        beat_while_consuming(app, settings.heartbeat_file, settings.heartbeat_interval_s)
+    return app
 
 
 def _iso(ts: str | None) -> str | None:

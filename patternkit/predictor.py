@@ -15,6 +15,8 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -38,6 +40,10 @@ from patternkit.settings import PredictorSettings
 
 log = logging.getLogger("patternkit.predictor")
 
+class Resources(TypedDict):
+    model: ModelSlot
+
+
 def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray, str | None]:
     """Validate a predict body: JSON shape, finite numbers, row width, batch size."""
     try:
@@ -59,18 +65,26 @@ def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray
     return np.asarray(req.data, dtype=np.float32), req.request_id
 
 
+@dataclass
+class ModelSlot:
+    """The model a route serves, in the lifespan state: empty until it has loaded."""
+
+    model: OnnxModel | None = None
+
+
 def add_predict_route(
     app: FastAPI,
-    state: ServiceState,
-    get_model: Callable[[], OnnxModel | None],
     faults: Faults,
     max_rows: int,
     path: str = "/predict",
+    slot: str = "model",
 ) -> None:
-    """Register the shared `/predict` endpoint on `app` for whatever model `get_model` gives."""
+    """Register the shared `/predict` endpoint on `app` for the model in the lifespan state's
+    `slot` (a `ModelSlot`)."""
+    state: ServiceState = app.state.service
 
     async def predict(request: Request) -> Response:
-        model = get_model()
+        model = getattr(request.state, slot).model
         if model is None:
             raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
@@ -110,9 +124,8 @@ def create_app(
     """
     cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
-    holder: dict[str, OnnxModel] = {}
 
-    async def load(state: ServiceState) -> None:
+    async def load(state: ServiceState, slot: ModelSlot) -> None:
         try:
             model = await asyncio.to_thread(OnnxModel, cfg.model_path)
             if on_load is not None:
@@ -123,7 +136,7 @@ def create_app(
             return
         if cfg.load_delay_ms:
             await asyncio.sleep(cfg.load_delay_ms / 1000)
-        holder["model"] = model
+        slot.model = model
         state.model_version = model.version
         state.metadata.update(
             model=model.manifest, model_path=str(model.path),
@@ -134,13 +147,13 @@ def create_app(
         log.info("loaded model %s %s from %s", model.name, model.version, model.path)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        async with background(load(state)):
-            yield
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        slot = ModelSlot()
+        async with background(load(state, slot)):
+            yield {"model": slot}
 
     app = create_service(
         cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan, auto_ready=False
     )
-    state: ServiceState = app.state.service
-    add_predict_route(app, state, lambda: holder.get("model"), faults, cfg.max_batch_rows)
+    add_predict_route(app, faults, cfg.max_batch_rows)
     return app

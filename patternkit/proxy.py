@@ -16,13 +16,14 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Annotated
 
 import aiohttp
 import orjson
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from patternkit.service import ApiError, request_id
+from patternkit.service import ApiError, from_state, request_id
 
 PASS_HEADERS = frozenset({"content-type", "www-authenticate", "retry-after"})
 
@@ -169,6 +170,10 @@ class Upstream:
             request.method, url, body=await request.body(), rid=request_id(request),
             timeout_s=timeout_s,
         )
+
+
+UpstreamDep = Annotated[Upstream, Depends(from_state("upstream"))]
+"""A route's `upstream`: the client `create_service(upstreams={"upstream": ...})` opened."""
 
 
 class RoundRobin:

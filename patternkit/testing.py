@@ -4,7 +4,8 @@
 and shares it until the tests move on to another pattern, and `entry` is a client for its
 entry service; `fresh_stack(env=...)` boots a private copy for a test that kills services or
 needs other settings. When a test fails, the log tail of every service it used is attached to
-the report. `BAD_PREDICT_BODIES` and `post_body` are the shared bad-input cases.
+the report. `bad_predict_bodies(n_features, max_rows)` (`BAD_PREDICT_BODIES` for iris) and
+`post_body` are the shared bad-input cases.
 """
 
 from __future__ import annotations
@@ -23,20 +24,33 @@ from patternkit.topology.schema import TOPOLOGY_FILE
 STACKS_ATTR = "_patternkit_stacks"
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-# Predict bodies that every service taking `{"data": [[...], ...]}` must refuse:
-# (body: a JSON value, or a str sent as is; status; text the error message contains).
-BAD_PREDICT_BODIES: list[tuple[object, int, str]] = [
-    ({"data": [ROW[:3]]}, 422, "expected 4 features"),
-    ({"data": []}, 422, "body.data"),
-    ({"rows": [ROW]}, 422, "body.data"),
-    ('{"data": [[NaN, 3.5, 1.4, 0.2]]}', 422, "finite"),
-    ('{"data": [[1e999, 3.5, 1.4, 0.2]]}', 422, "finite"),
-    ({"data": [["a", 3.5, 1.4, 0.2]]}, 422, "body.data.0.0"),
-    ({"data": [[True, False, True, False]]}, 422, "body.data.0.0"),  # a bool is not a number
-    ({"data": [ROW, [5.1, "3.5", 1.4, 0.2]]}, 422, "body.data.1.1"),  # nor is a numeric string
-    ("{not json", 422, "JSON"),
-    ({"data": [ROW] * 1001}, 413, "MAX_BATCH_ROWS"),
-]
+
+
+def bad_predict_bodies(
+    n_features: int = 4, max_rows: int = 1000
+) -> list[tuple[object, int, str]]:
+    """Predict bodies that every service taking `{"data": [[...], ...]}` must refuse, for a
+    model of `n_features` inputs and a MAX_BATCH_ROWS of `max_rows`: (body: a JSON value, or
+    a str sent as is; status; text the error message contains)."""
+    row = [round(0.5 + i / 10, 1) for i in range(n_features)]
+    rest = ", ".join(str(v) for v in row[1:])
+    head = f", {rest}" if rest else ""
+    return [
+        ({"data": [row[:-1] or [*row, 1.0]]}, 422, f"expected {n_features} features"),
+        ({"data": []}, 422, "body.data"),
+        ({"rows": [row]}, 422, "body.data"),
+        (f'{{"data": [[NaN{head}]]}}', 422, "finite"),
+        (f'{{"data": [[1e999{head}]]}}', 422, "finite"),
+        ({"data": [["a", *row[1:]]]}, 422, "body.data.0.0"),
+        ({"data": [[True, *row[1:]]]}, 422, "body.data.0.0"),  # a bool is not a number
+        ({"data": [row, [str(row[0]), *row[1:]]]}, 422, "body.data.1.0"),  # nor a numeric string
+        ("{not json", 422, "JSON"),
+        ({"data": [row] * (max_rows + 1)}, 413, "MAX_BATCH_ROWS"),
+    ]
+
+
+# the iris predictors' cases (4 features, MAX_BATCH_ROWS 1000)
+BAD_PREDICT_BODIES = bad_predict_bodies()
 
 
 def post_body(client: Client, path: str, body: object) -> httpx.Response:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from patternkit.catalogue import CATALOGUE
+from patternkit.catalogue import CATALOGUE, role_of
 from patternkit.topology import discover, load_topology, render_file, repo_root
 
 ROOT = repo_root()
@@ -22,8 +22,36 @@ def rel(folder: Path) -> str:
     return folder.relative_to(ROOT).as_posix()
 
 
-def test_some_patterns_are_built() -> None:
-    assert len(PATTERNS) >= 4
+def test_every_pattern_folder_is_a_catalogue_entry_with_a_topology() -> None:
+    """No half-built folder: a package under a category folder is a pattern with a topology,
+    and it is one the catalogue lists."""
+    from patternkit.topology import CATEGORY_DIRS
+
+    packages = {rel(p.parent) for c in CATEGORY_DIRS for p in (ROOT / c).glob("*/__init__.py")}
+    assert packages == {rel(p) for p in PATTERNS}
+    assert {rel(p) for p in PATTERNS} <= {f for _, f, _ in CATALOGUE}
+
+
+def started_modules(folder: Path) -> list[str]:
+    """The Python modules a pattern's topology starts (apps, `python -m X`, `celery -A X`)."""
+    found = []
+    for spec in load_topology(folder).services.values():
+        if spec.app:
+            found.append(spec.app.split(":")[0])
+        run = spec.run or []
+        found += [run[i + 1] for i, arg in enumerate(run[:-1]) if arg in ("-m", "-A")]
+        worker = getattr(spec, "worker", None)
+        if worker:
+            found.append(worker)
+    return [m for m in found if m != "celery"]
+
+
+@pytest.mark.parametrize("folder", PATTERNS, ids=rel)
+def test_process_modules_are_named_after_their_roles(folder: Path) -> None:
+    modules = started_modules(folder)
+    assert modules, "the topology starts no module of ours"
+    unnamed = [m for m in modules if role_of(m) is None]
+    assert not unnamed, f"not a role name (see patternkit.catalogue.ROLES): {unnamed}"
 
 
 @pytest.mark.parametrize("folder", PATTERNS, ids=rel)

@@ -7,26 +7,42 @@ headers, and as a real uvicorn process for readiness and start-up failures.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from patternkit.client import Client, wait_until
+from patternkit.logs import configure
 from patternkit.models import MODEL_FILE
 from patternkit.predictor import create_app
-from patternkit.service import DRAIN_FACTOR, ApiError, create_service
+from patternkit.service import (
+    DRAIN_FACTOR,
+    ApiError,
+    ServiceDep,
+    ServiceState,
+    create_service,
+    fast_route,
+    from_state,
+    json_response,
+)
 from patternkit.settings import PredictorSettings, ServiceSettings
 from patternkit.topology import Stack, StackError, Topology
 
 ROW = [5.1, 3.5, 1.4, 0.2]
+Greeting = Annotated[str, Depends(from_state("greeting"))]  # module level: FastAPI resolves it
 
 
 @pytest.fixture
@@ -128,10 +144,15 @@ def test_unexpected_exceptions_are_500_json_and_api_errors_keep_their_status() -
     async def conflict() -> None:
         raise ApiError(409, "run ids differ", details=[{"a": 1}])
 
-    with TestClient(app, raise_server_exceptions=False) as client:
-        resp = client.get("/boom")
+    with TestClient(app) as client:  # the middleware answers it: nothing reaches the server
+        resp = client.get("/boom", headers={"x-request-id": "abc"})
         assert resp.status_code == 500
         assert resp.json()["message"] == "internal error: RuntimeError"
+        assert resp.json()["request_id"] == resp.headers["x-request-id"] == "abc"
+        assert resp.headers["x-served-by"] == "t"
+        assert resp.headers["content-type"] == "application/json"
+        metrics = client.get("/metrics").text
+        assert 'http_requests_total{method="GET",route="/boom",status="500"} 1.0' in metrics
         resp = client.get("/conflict")
         assert resp.status_code == 409
         assert resp.json() == {"error": "conflict", "message": "run ids differ",
@@ -293,3 +314,120 @@ def test_a_fast_route_is_served_by_the_middleware_with_the_same_errors_and_metri
         metrics = client.get("/metrics").text
         for status in ("200", "409", "500"):
             assert f'route="/boom",status="{status}"' in metrics
+
+
+def test_a_middleware_inside_the_scaffold_still_sees_fast_routes() -> None:
+    from starlette.middleware import Middleware
+
+    from patternkit.service import add_fast_route, error_response, json_response
+
+    def guard(app: Any) -> Any:
+        async def check(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and dict(scope["headers"]).get(b"x-key") != b"k":
+                await error_response(401, "no key")(scope, receive, send)
+                return
+            await app(scope, receive, send)
+        return check
+
+    app = create_service(ServiceSettings(service_name="guarded"))
+
+    async def ok(request: Any) -> Any:
+        return json_response({"ok": True})
+
+    add_fast_route(app, "/ok", ok)
+    app.user_middleware.append(Middleware(guard))  # inside the scaffold, as S12's key check
+    with TestClient(app) as client:
+        assert client.post("/ok").status_code == 401
+        assert client.post("/ok", headers={"x-key": "k"}).json() == {"ok": True}
+
+
+def test_lifespan_state_and_upstreams_reach_routes_typed() -> None:
+    closed: list[str] = []
+
+    class Client:
+        async def aclose(self) -> None:
+            closed.append("client")
+
+    class Resources(TypedDict):
+        greeting: str
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        yield {"greeting": "hello"}
+
+    client_obj = Client()
+    app = create_service(ServiceSettings(service_name="t"), lifespan=lifespan,
+                         upstreams={"backend": client_obj})
+
+    @app.get("/hello")
+    async def hello(greeting: Greeting, service: ServiceDep, request: Request) -> dict[str, Any]:
+        return {"greeting": greeting, "served_by": service.served_by,
+                "same_client": request.state.backend is client_obj}
+
+    @fast_route(app, "/fast", methods=["GET"])
+    async def fast(request: Request) -> Response:
+        return json_response({"greeting": request.state.greeting})
+
+    with TestClient(app) as client:
+        assert client.get("/hello").json() == {"greeting": "hello", "served_by": "t",
+                                               "same_client": True}
+        assert client.get("/fast").json() == {"greeting": "hello"}
+        assert closed == []
+    assert closed == ["client"]
+
+
+def test_a_metric_is_declared_once_and_read_back_for_stats() -> None:
+    app = create_service(ServiceSettings(service_name="t"))
+    metrics = app.state.service.metrics
+    hits = metrics.counter("t_cache_hits", "hits", stat="cache.hits")
+    errors = metrics.counter("t_cache_errors", "errors", {"op": ("get", "set")},
+                             stat="cache.errors", total=True)
+    outcomes = metrics.counter("t_calls", "calls", {"backend": ("a", "b"),
+                                                    "outcome": ("ok", "failed")}, stat="calls")
+    app.state.service.stats["cache"] = {"ttl_s": 60}
+    with TestClient(app) as client:
+        text = client.get("/metrics").text
+        for line in ('t_cache_errors_total{op="get"} 0.0', 't_cache_errors_total{op="set"} 0.0',
+                     't_calls_total{backend="b",outcome="failed"} 0.0'):
+            assert line in text  # every known series exists at zero from start-up
+        hits.inc()
+        errors.labels("set").inc(2)
+        outcomes.labels("a", "ok").inc()
+        stats = client.get("/stats").json()
+        assert stats["cache"] == {"hits": 1, "errors": 2, "ttl_s": 60}
+        assert stats["calls"] == {"a": {"ok": 1, "failed": 0}, "b": {"ok": 0, "failed": 0}}
+        assert "t_cache_hits_total 1.0" in client.get("/metrics").text
+
+
+def test_json_logs_carry_the_request_id_route_status_and_latency(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app = create_service(ServiceSettings(service_name="t"))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        logging.getLogger("t").warning("about to fail")
+        raise RuntimeError("kaput")
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    os.environ["ACCESS_LOG"] = "1"
+    try:
+        configure("t-1", fmt="json")
+        with TestClient(app) as client:
+            client.get("/boom", headers={"x-request-id": "r-1"})
+    finally:
+        del os.environ["ACCESS_LOG"]
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("patternkit.access").setLevel(logging.NOTSET)
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    mine = [x for x in lines if x.get("request_id") == "r-1"]
+    assert [x["message"] for x in mine][:1] == ["about to fail"]
+    error = next(x for x in mine if x["level"] == "ERROR")
+    assert (error["route"], error["status"], error["service"]) == ("/boom", 500, "t-1")
+    assert "RuntimeError: kaput" in error["exc_info"]
+    access = next(x for x in mine if x["logger"] == "patternkit.access")
+    assert (access["route"], access["status"]) == ("/boom", 500)
+    assert access["latency_ms"] >= 0
+    assert {"time", "level", "service"} <= set(access)

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from patternkit.faults import Faults
 from patternkit.models import OnnxModel, Prediction
-from patternkit.predictor import add_predict_route
+from patternkit.predictor import ModelSlot, Resources, add_predict_route
 from patternkit.service import ServiceState, create_service
 from patternkit.settings import PredictorSettings, ServiceSettings
 
@@ -79,12 +79,9 @@ def create_app(settings: FragilePredictorSettings | None = None) -> FastAPI:
     """Model B alone: the template predictor's `/predict`, served from a `FragileModel`."""
     cfg = settings or FragilePredictorSettings()  # type: ignore[call-arg]
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
-    holder: dict[str, FragileModel] = {}
-
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         model = await asyncio.to_thread(FragileModel, cfg.model_path, cfg)
-        holder["model"] = model
         state.model_version = model.version
         state.metadata.update(
             model=model.manifest, model_path=str(model.path), n_features=model.n_features,
@@ -92,9 +89,8 @@ def create_app(settings: FragilePredictorSettings | None = None) -> FastAPI:
             hog_value=cfg.hog_value, hog_ms=cfg.hog_ms,
         )
         log.info("loaded model %s %s from %s", model.name, model.version, model.path)
-        yield
+        yield {"model": ModelSlot(model)}
 
     app = create_service(cfg, title=f"{cfg.service_name} (model B, alone)", lifespan=lifespan)
-    state: ServiceState = app.state.service
-    add_predict_route(app, state, lambda: holder.get("model"), faults, cfg.max_batch_rows)
+    add_predict_route(app, faults, cfg.max_batch_rows)
     return app

@@ -19,7 +19,7 @@ from pydantic import Field
 from antipatterns.all_in_one.fragile_predictor import FaultKnobs, FragileModel
 from patternkit.faults import Faults
 from patternkit.models import OnnxModel
-from patternkit.predictor import add_predict_route
+from patternkit.predictor import ModelSlot, add_predict_route
 from patternkit.service import ServiceState, create_service
 
 log = logging.getLogger("antipatterns.all_in_one")
@@ -40,8 +40,6 @@ class MonolithSettings(FaultKnobs):
 def create_app(settings: MonolithSettings | None = None) -> FastAPI:
     """All three models in one app; ready once all three are loaded."""
     cfg = settings or MonolithSettings()  # type: ignore[call-arg]
-    models: dict[str, OnnxModel] = {}
-
     def load_all() -> dict[str, OnnxModel]:
         return {
             "a": OnnxModel(cfg.model_a_path),
@@ -50,8 +48,8 @@ def create_app(settings: MonolithSettings | None = None) -> FastAPI:
         }
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        models.update(await asyncio.to_thread(load_all))
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[dict[str, ModelSlot]]:
+        models = await asyncio.to_thread(load_all)
         state.metadata.update(
             models={
                 key: {"name": m.name, "version": m.version, "path": str(m.path),
@@ -62,13 +60,11 @@ def create_app(settings: MonolithSettings | None = None) -> FastAPI:
         )
         for key, m in models.items():
             log.info("model %s: loaded %s %s from %s", key, m.name, m.version, m.path)
-        yield
+        yield {f"model_{key}": ModelSlot(m) for key, m in models.items()}
 
     app = create_service(cfg, title="all-in-one: the monolith (models A, B, C)", lifespan=lifespan)
-    state: ServiceState = app.state.service
     for key in MODELS:
         add_predict_route(
-            app, state, lambda key=key: models.get(key), Faults(), cfg.max_batch_rows,
-            path=f"/predict/{key}",
+            app, Faults(), cfg.max_batch_rows, path=f"/predict/{key}", slot=f"model_{key}"
         )
     return app

@@ -102,8 +102,8 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             env = {"SERVICE_NAME": name, "INSTANCE_NAME": inst}
             env.update({k: v.format_map(ctx) for k, v in spec.env.items()})
             if spec.app:
-                command = ["uvicorn", "--factory", spec.app, "--host", "0.0.0.0",
-                           "--port", str(APP_PORT), "--no-access-log"]
+                command = ["python", "-m", "patternkit.serve", spec.app, "--host", "0.0.0.0",
+                           "--port", str(APP_PORT)]
             else:
                 command = [arg.format_map(ctx) for arg in spec.run or []]
             svc: dict[str, Any] = {

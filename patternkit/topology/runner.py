@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from patternkit import heartbeat
 from patternkit.infra import (
     database_url,
     external_redis_url,
@@ -117,6 +118,8 @@ class Proc:
     failures: int = 0  # exits in a row without a steady run between them (sets the backoff)
     up_since: float = 0.0
     next_start: float = 0.0
+    heartbeat: Path | None = None  # its heartbeat file, when readiness is a fresh heartbeat
+    spawned_at: float = 0.0  # wall clock of the last spawn: an older heartbeat does not count
 
     @property
     def listens(self) -> bool:
@@ -151,9 +154,13 @@ class Proc:
             self.exit_code,
         )
 
-    def tail(self, lines: int = 40) -> str:
+    def tail(self, lines: int = 40, this_run: bool = False) -> str:
+        """The last lines of its log (`this_run`: only what its latest start wrote)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                if this_run:
+                    log.seek(self.log_offset)
+                text = log.read().decode("utf-8", "replace")
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
@@ -268,11 +275,14 @@ class Stack:
         env.update(self.overrides.get(proc.service, {}))
         env.update(self.overrides.get(proc.name, {}))
         proc.env = env
+        if proc.spec.heartbeat:
+            proc.heartbeat = Path(env.get(heartbeat.ENV_VAR)
+                                  or proc.spec.heartbeat.format_map(ctx))
         if proc.spec.app:
             proc.argv = [
-                sys.executable, "-m", "uvicorn", "--factory", proc.spec.app,
+                sys.executable, "-m", "patternkit.serve", proc.spec.app,
                 "--host", "127.0.0.1", "--port", str(proc.port),
-                "--no-access-log", "--timeout-graceful-shutdown", str(int(self.grace)),
+                "--timeout-graceful-shutdown", str(int(self.grace)),
             ]
         else:
             proc.argv = [arg.format_map(ctx) for arg in proc.spec.run or []]
@@ -311,6 +321,7 @@ class Stack:
         proc.state = State.STARTING
         proc.spawns += 1
         env = {**os.environ, **proc.env}
+        proc.spawned_at = time.time()
         with proc.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(proc.argv)}\n".encode())
             log.flush()
@@ -356,6 +367,8 @@ class Stack:
                 return client.get(proc.url + proc.spec.ready).status_code == 200
             except httpx.HTTPError:
                 return False
+        if proc.heartbeat is not None:
+            return heartbeat.is_fresh(proc.heartbeat, since=proc.spawned_at)
         if proc.spec.ready_log:
             try:
                 with proc.log_path.open("rb") as log:
@@ -383,7 +396,8 @@ class Stack:
                 time.sleep(POLL_S)
 
     def _failure(self, proc: Proc, what: str) -> str:
-        return f"service {proc.name} {what}; last lines of {proc.log_path}:\n{proc.tail()}"
+        tail = proc.tail(this_run=True)
+        return f"service {proc.name} {what}; last lines of {proc.log_path}:\n{tail}"
 
     def stop(self) -> None:
         """Tear everything down in reverse start order (SIGTERM, grace, SIGKILL)."""

@@ -1,6 +1,8 @@
 """The `topology.toml` schema: which processes a pattern is made of and how they are wired.
 
-A service is an ASGI app (`app = "module:create_app"`, run by uvicorn) or a command (`run`).
+A service is an ASGI app (`app = "module:create_app"`, run by uvicorn), a command (`run`) or
+a Celery worker (`worker = "module"`: a solo-pool `celery -A module worker` whose readiness
+and healthcheck are its heartbeat file, see `worker_command`).
 `depends_on` orders start-up, `ready` / `ready_log` say when a service is up, `restart`
 (`no`, `on-failure`, `always`) whether the runner brings it back after it exits, `env` wires it
 with placeholders (`{port}`, `{run_dir}`, `{python}`, `{name}`, `{svc.url}`, `{svc.urls}`,
@@ -19,11 +21,41 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from patternkit import heartbeat
+
 TOPOLOGY_FILE = "topology.toml"
 GLOBAL_PLACEHOLDERS = frozenset({"port", "run_dir", "python", "name"})
 SERVICE_ATTRS = frozenset({"url", "urls", "host", "port"})
 Restart = Literal["no", "on-failure", "always"]
 RESTART_HELP = "whether the runner brings the service back when it exits (as compose's restart)"
+
+
+WORKER_HEARTBEAT = "{run_dir}/heartbeats/{name}"  # where a `worker` refreshes its heartbeat
+HEARTBEAT_HELP = (
+    "file the process refreshes while healthy (HEARTBEAT_FILE): its readiness in the runner, "
+    "its healthcheck in compose"
+)
+
+
+def worker_command(module: str, queue: str | None = None) -> list[str]:
+    """The command a `worker = "module"` service runs: one solo-pool process per instance
+    (scale with `replicas`), named `{name}@host`, without the broadcast chatter (gossip,
+    mingle, event heartbeats) that nothing here uses; `-Q` only when `queue` is given (else
+    the app's own default queue, as `patternkit.jobs.make_celery` names it)."""
+    command = [
+        "{python}", "-m", "celery", "-A", module, "worker",
+        "--pool=solo", "--concurrency=1", "--loglevel=INFO", "-n", "{name}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    if queue:
+        command += ["-Q", queue]
+    return command
+
+
+def heartbeat_probe(path: str) -> list[str]:
+    """The healthcheck for a heartbeat file: milliseconds, no Celery import."""
+    return ["python", "-m", "patternkit.probe", "--heartbeat", path,
+            "--max-age", f"{heartbeat.MAX_AGE_S:g}"]
 
 
 class TopologyError(ValueError):
@@ -36,6 +68,9 @@ class ServiceSpec(BaseModel):
     description: str = ""
     app: str | None = Field(None, pattern=r"^[\w.]+:\w+$", description="module:factory")
     run: list[str] | None = Field(None, min_length=1, description="command and arguments")
+    worker: str | None = Field(None, pattern=r"^[\w.]+$", description="Celery app module")
+    queue: str | None = Field(None, pattern=r"^[\w.,-]+$", description="a worker's -Q queues")
+    heartbeat: str | None = Field(None, description=HEARTBEAT_HELP)
     oneshot: bool = False
     ready: str | None = Field(None, pattern=r"^/", description="HTTP path polled until 200")
     ready_log: str | None = Field(None, description="regex that marks a command as ready")
@@ -47,8 +82,20 @@ class ServiceSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ServiceSpec:
-        if (self.app is None) == (self.run is None):
-            raise ValueError("set exactly one of `app` (module:factory) or `run` (a command)")
+        if sum(kind is not None for kind in (self.app, self.run, self.worker)) != 1:
+            raise ValueError("set exactly one of `app` (module:factory), `run` (a command) or "
+                             "`worker` (a Celery app module)")
+        if self.queue is not None and self.worker is None:
+            raise ValueError("`queue` is for `worker` services")
+        if self.worker is not None:
+            if self.oneshot:
+                raise ValueError("a `worker` runs until stopped: `oneshot` is for `run` commands")
+            self.run = worker_command(self.worker, self.queue)
+            self.heartbeat = self.heartbeat or WORKER_HEARTBEAT
+        if self.heartbeat is not None:
+            self.env.setdefault(heartbeat.ENV_VAR, self.heartbeat)
+            if self.healthcheck is None:
+                self.healthcheck = heartbeat_probe(self.heartbeat)
         if self.app is not None and self.oneshot:
             raise ValueError("`oneshot` is for `run` commands, not apps")
         if self.app is not None and self.ready is None:
@@ -114,6 +161,8 @@ class Topology(BaseModel):
                 check_placeholders(arg, names, f"services.{name}.run.{i}")
             for i, arg in enumerate(spec.healthcheck or []):
                 check_placeholders(arg, names, f"services.{name}.healthcheck.{i}")
+            if spec.heartbeat:
+                check_placeholders(spec.heartbeat, names, f"services.{name}.heartbeat")
         self.order()  # raises on a cycle
         return self
 

@@ -1,11 +1,12 @@
 """The worker of S3: a Celery task runs the model on each queued job and records the result.
 
-Run as `celery -A serving_patterns.asynchronous.worker worker --pool=solo`. Celery reads `app`,
-which this module's `__getattr__` builds on first access from `WorkerSettings` (the
-environment): importing the module reads nothing, and this entry module is the one place that
-reads settings outside a factory call. A bootstep loads the ONNX model and opens the DB once
-per process, before Celery logs "ready."; each job then sleeps DELAY_MS, obeys FAIL_MODE,
-upserts its row into the `inference` table (D2) and is marked done. Transient failures are
+Declared as `worker = "serving_patterns.asynchronous.worker"` in topology.toml (a solo-pool
+`celery -A ... worker` with a heartbeat). Celery reads `app`, which this module's `__getattr__`
+builds on first access from `PredictionWorkerSettings` (the environment): importing the module
+reads nothing, and this entry module is the one place that reads settings outside a factory
+call. A bootstep loads the ONNX model and opens the DB once per process, before Celery logs
+"ready."; each job then sleeps DELAY_MS, obeys FAIL_MODE, upserts its row into
+`asynchronous_inference` (D2, in the `db` backing) and is marked done. Transient failures are
 retried MAX_RETRIES times, other errors fail the job at once, a finished job is never rerun.
 """
 
@@ -15,26 +16,28 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-import redis
 import sqlalchemy as sa
 from celery import Celery, Task
-from pydantic import Field, model_validator
-from sqlalchemy.exc import OperationalError
+from pydantic import Field
 
 from patternkit.db import create_tables, make_engine, show_url, upsert
-from patternkit.faults import Faults, InjectedFault
-from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
+from patternkit.jobs import (
+    JobStore,
+    WorkerSettings,
+    describe,
+    lazy_app,
+    make_worker,
+    open_on_start,
+    transient_errors,
+)
 from patternkit.models import OnnxModel, as_rows
-from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("serving_patterns.asynchronous.worker")
 
 QUEUE = "asynchronous"
 TASK_NAME = "asynchronous.predict"
-# Failures worth another attempt: an injected (flaky) fault, a busy or unreachable DB or Redis.
-TRANSIENT: tuple[type[Exception], ...] = (InjectedFault, OperationalError, redis.ConnectionError)
 
 METADATA = sa.MetaData()
 INFERENCE = sa.Table(
@@ -53,41 +56,26 @@ INFERENCE = sa.Table(
 )
 
 
-class WorkerSettings(ServiceSettings):
-    service_name: str = "worker"
+class PredictionWorkerSettings(WorkerSettings):
+    """S3's worker: the base's broker, faults and timeouts, plus its model, DB and retries."""
+
+    LONGEST_JOB: ClassVar[tuple[str, ...]] = ("delay_ms", "retry_backoff_ms")
+
     redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
     model_path: str = Field(..., description="model directory or .onnx file with a manifest")
     delay_ms: int = Field(1000, ge=0, description="added time per job: a slow model")
-    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
     max_retries: int = Field(2, ge=0, description="retries of a transient failure")
     retry_backoff_ms: int = Field(200, ge=0, description="wait before a retry")
-    visibility_timeout_s: float = Field(
-        5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
-    )
     database_url: str = Field(..., description="the inference DB ({db.url} of the topology)")
     job_ttl_s: int = Field(86_400, gt=0)
-
-    @model_validator(mode="after")
-    def _visibility_exceeds_a_job(self) -> WorkerSettings:
-        longest_ms = self.delay_ms + self.retry_backoff_ms
-        if self.visibility_timeout_s * 1000 <= longest_ms:
-            raise ValueError(
-                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the longest job "
-                f"(DELAY_MS + RETRY_BACKOFF_MS = {longest_ms} ms), or running jobs run twice"
-            )
-        return self
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 class PredictionWorker:
     """What a worker process holds (model, DB engine, job store) and how it runs one job."""
 
-    def __init__(self, cfg: WorkerSettings) -> None:
+    def __init__(self, cfg: PredictionWorkerSettings) -> None:
         self.cfg = cfg
-        self.faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+        self.faults = cfg.faults()
         self.max_attempts = cfg.max_retries + 1
         self.pid: int | None = None
         self.model: OnnxModel
@@ -154,7 +142,7 @@ class PredictionWorker:
         try:
             result = self.predict(rows, request_id)
             self.record(job_id, result, attempt)
-        except TRANSIENT as exc:
+        except transient_errors() as exc:
             if attempt < self.max_attempts:
                 self.jobs.requeue(job_id, describe(exc))
                 raise task.retry(exc=exc, countdown=self.cfg.retry_backoff_ms / 1000) from None
@@ -166,10 +154,10 @@ class PredictionWorker:
         self.jobs.finish(job_id, result)
 
 
-def create_worker(settings: WorkerSettings | None = None) -> Celery:
+def create_worker(settings: PredictionWorkerSettings | None = None) -> Celery:
     """The Celery app with the predict task and the bootstep that opens the worker's resources."""
-    cfg = settings or WorkerSettings()
-    app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
+    cfg = settings or PredictionWorkerSettings()
+    app = make_worker(QUEUE, cfg)
     worker = PredictionWorker(cfg)
 
     open_on_start(app, worker.open, worker.close)  # once per process, before "ready."

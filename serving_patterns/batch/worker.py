@@ -1,8 +1,9 @@
 """The batch job of S4: a Celery worker that plans jobs and predicts their rows chunk by chunk.
 
-Run as `celery -A serving_patterns.batch.worker worker --pool=solo`. `batch.tick` (sent by the
-scheduler) and `batch.plan` (sent by the API) claim the rows a job covers and split them into
-chunks of CHUNK_SIZE; `batch.chunk` predicts one chunk: rows with a missing or non-finite
+Declared as `worker = "serving_patterns.batch.worker"` in topology.toml (a solo-pool
+`celery -A ... worker` with a heartbeat). `batch.tick` (sent by the scheduler) and
+`batch.plan` (sent by the API) claim the rows a job covers and split them into chunks of
+CHUNK_SIZE; `batch.chunk` predicts one chunk: rows with a missing or non-finite
 feature are recorded as failed with the reason, the rest go through the model, and both are
 written in one transaction. The model lives only inside a job: it is loaded on the job's first
 chunk and dropped when the job ends. The worker listens on no port.
@@ -16,33 +17,40 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
-import redis
 import sqlalchemy as sa
 from celery import Celery, Task
-from pydantic import Field, model_validator
+from pydantic import Field
 from sqlalchemy.exc import OperationalError
 
 from patternkit.db import make_engine
-from patternkit.faults import Faults, InjectedFault
-from patternkit.jobs import lazy_app, make_celery, open_on_start
+from patternkit.jobs import (
+    WorkerSettings,
+    describe,
+    lazy_app,
+    make_worker,
+    open_on_start,
+    transient_errors,
+)
 from patternkit.models import ModelError, OnnxModel
-from patternkit.settings import ServiceSettings
 from serving_patterns.batch import dwh
 
 log = logging.getLogger("serving_patterns.batch.worker")
 
 QUEUE = "batch"
 TICK_TASK, PLAN_TASK, CHUNK_TASK = "batch.tick", "batch.plan", "batch.chunk"
-# Failures worth another attempt: an injected (flaky) fault, a busy or unreachable DB or Redis.
-TRANSIENT: tuple[type[Exception], ...] = (InjectedFault, OperationalError, redis.ConnectionError)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class WorkerSettings(ServiceSettings):
-    service_name: str = "worker"
-    redis_url: str = Field(..., description="Redis: the Celery broker")
+class BatchWorkerSettings(WorkerSettings):
+    """S4's worker: the base's broker, faults and timeouts (per chunk), plus its DWH, chunks
+    and retries."""
+
+    LONGEST_JOB: ClassVar[tuple[str, ...]] = ("delay_ms", "retry_backoff_ms")
+    JOB: ClassVar[str] = "chunk"
+
     model_path: str = Field(..., description="model directory or .onnx file with a manifest")
     database_url: str = Field(..., description="the DWH ({db.url} of the topology)")
     chunk_size: int = Field(100, gt=0, le=100_000, description="rows per chunk (mini-job)")
@@ -57,19 +65,6 @@ class WorkerSettings(ServiceSettings):
         5.0, gt=0, description="an unacked chunk is redelivered after this; > the longest chunk"
     )
 
-    @model_validator(mode="after")
-    def _visibility_exceeds_a_chunk(self) -> WorkerSettings:
-        longest_ms = self.delay_ms + self.retry_backoff_ms
-        if self.visibility_timeout_s * 1000 <= longest_ms:
-            raise ValueError(
-                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the longest chunk "
-                f"(DELAY_MS + RETRY_BACKOFF_MS = {longest_ms} ms), or running chunks run twice"
-            )
-        return self
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def row_problem(features: Sequence[float | None] | None) -> str | None:
@@ -87,10 +82,10 @@ def row_problem(features: Sequence[float | None] | None) -> str | None:
 class BatchWorker:
     """What a worker process holds (DB engine, the current job's model) and how it runs tasks."""
 
-    def __init__(self, cfg: WorkerSettings, app: Celery) -> None:
+    def __init__(self, cfg: BatchWorkerSettings, app: Celery) -> None:
         self.cfg = cfg
         self.app = app
-        self.faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+        self.faults = cfg.faults()
         self.max_attempts = cfg.chunk_retries + 1
         self.scope = dwh.new_rows_scope(cfg.retry_policy)
         self.pid: int | None = None
@@ -216,7 +211,7 @@ class BatchWorker:
         else:
             try:
                 outcome = self.predict_chunk(job_id, ids)
-            except TRANSIENT as exc:
+            except transient_errors() as exc:
                 if attempt < self.max_attempts:
                     log.warning("job %s chunk %d attempt %d: %s; retrying", job_id, chunk_no,
                                 attempt, describe(exc))
@@ -239,10 +234,10 @@ class BatchWorker:
             self.release(job_id)
 
 
-def create_worker(settings: WorkerSettings | None = None) -> Celery:
+def create_worker(settings: BatchWorkerSettings | None = None) -> Celery:
     """The Celery app with the tick, plan and chunk tasks and the bootstep that opens the DWH."""
-    cfg = settings or WorkerSettings()
-    app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
+    cfg = settings or BatchWorkerSettings()
+    app = make_worker(QUEUE, cfg)
     worker = BatchWorker(cfg, app)
 
     open_on_start(app, worker.open, worker.close)  # once per process, before "ready."

@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -76,24 +75,27 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
     backends = parse_backends(cfg.backends)
     names = [b.name for b in backends]
     timeout_s = cfg.backend_timeout_ms / 1000
-    res: dict[str, Upstream] = {}
-    counts: dict[str, Any] = {"complete": 0, "partial": 0, "failed": 0,
-                              "missing": dict.fromkeys(names, 0)}
+    upstream = Upstream(timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(timeout_s)
-        state.stats["fanout"] = counts
         state.metadata.update(backends={b.name: b.url for b in backends},
                               backend_timeout_ms=cfg.backend_timeout_ms, classes=names)
         yield
-        await res["upstream"].aclose()
 
-    app = create_service(cfg, title="microservice horizontal: fan-out proxy", lifespan=lifespan)
+    app = create_service(cfg, title="microservice horizontal: fan-out proxy", lifespan=lifespan,
+                         upstreams={"upstream": upstream})
+    metrics = app.state.service.metrics  # on /metrics, and on /stats under "fanout"
+    answers = metrics.counter("fanout_answers", "answers by completeness",
+                              {"outcome": ("complete", "partial", "failed")})
+    for outcome in ("complete", "partial", "failed"):
+        metrics.view(f"fanout.{outcome}", answers.labels(outcome))
+    missing = metrics.counter("fanout_missing", "answers that lacked a backend",
+                              {"backend": names}, stat="fanout.missing")
 
     async def ask(backend: Backend, X: np.ndarray, rid: str | None) -> ModelReply | BackendFailed:
         try:
-            return await call_model(res["upstream"], backend, X, rid, timeout_s)
+            return await call_model(upstream, backend, X, rid, timeout_s)
         except BackendFailed as exc:
             return exc
 
@@ -113,9 +115,9 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
         replies = {r.backend: r for r in results if isinstance(r, ModelReply)}
         failures = [r for r in results if isinstance(r, BackendFailed)]
         for failed in failures:
-            counts["missing"][failed.backend.name] += 1
+            missing.labels(failed.backend.name).inc()
         if not replies:
-            counts["failed"] += 1
+            answers.labels("failed").inc()
             timeouts = all(f.status == 504 for f in failures)
             raise ApiError(
                 504 if timeouts else 502,
@@ -123,7 +125,7 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
                 "backend_timeout" if timeouts else "no_backend_answered",
                 [d for f in failures for d in f.details],
             )
-        counts["partial" if failures else "complete"] += 1
+        answers.labels("partial" if failures else "complete").inc()
 
         labels, _ = aggregate(len(X), backends, replies)
         return json_response({

@@ -41,25 +41,30 @@ class ChainProxySettings(ServiceSettings):
     max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
+STAGES = ("stage1", "stage2")
+
+
 def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
     cfg = settings or ChainProxySettings()
     stage1 = Backend("stage1", cfg.stage1_url.rstrip("/"))
     stage2 = Backend("stage2", cfg.stage2_url.rstrip("/"))
     timeout_s = cfg.stage_timeout_ms / 1000
-    res: dict[str, Upstream] = {}
-    counts = {"stage1_calls": 0, "stage2_calls": 0, "rows_done_at_stage1": 0,
-              "rows_done_at_stage2": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(timeout_s)
-        state.stats["chain"] = counts
         state.metadata.update(stages=[stage1.url, stage2.url],
                               stage_timeout_ms=cfg.stage_timeout_ms, classes=list(CLASSES))
         yield
-        await res["upstream"].aclose()
 
-    app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan)
+    app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan,
+                         upstreams={"upstream": Upstream(timeout_s)})
+    metrics = app.state.service.metrics  # on /metrics, and on /stats under "chain"
+    calls = metrics.counter("chain_stage_calls", "calls to each stage", {"stage": STAGES})
+    rows_done = metrics.counter("chain_rows_decided", "rows decided by each stage",
+                                {"stage": STAGES})
+    for stage in STAGES:
+        metrics.view(f"chain.{stage}_calls", calls.labels(stage))
+        metrics.view(f"chain.rows_done_at_{stage}", rows_done.labels(stage))
 
     @fast_route(
         app, "/predict",
@@ -73,9 +78,9 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
         started = time.perf_counter()
         X, body_rid = parse_batch(await request.body(), cfg.n_features, cfg.max_batch_rows)
         rid = body_rid or request_id(request)
-        upstream = res["upstream"]
+        upstream: Upstream = request.state.upstream
 
-        counts["stage1_calls"] += 1
+        calls.labels("stage1").inc()
         first = await call_model(upstream, stage1, X, rid, timeout_s)
         labels = np.zeros(len(X), dtype=np.int64)  # setosa unless stage 2 says otherwise
         decided_by = ["stage1"] * len(X)
@@ -83,14 +88,14 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
 
         onward = np.flatnonzero(np.asarray(first.prediction) != SETOSA)
         if onward.size:
-            counts["stage2_calls"] += 1
+            calls.labels("stage2").inc()
             second = await call_model(upstream, stage2, X[onward], rid, timeout_s)
             labels[onward] = 1 + np.asarray(second.prediction)  # 0 versicolor, 1 virginica
             for i in onward:
                 decided_by[i] = "stage2"
             trace.append(second.trace(rows=onward.tolist()))
-        counts["rows_done_at_stage1"] += len(X) - onward.size
-        counts["rows_done_at_stage2"] += onward.size
+        rows_done.labels("stage1").inc(len(X) - onward.size)
+        rows_done.labels("stage2").inc(onward.size)
 
         return json_response({
             "prediction": labels,

@@ -1,10 +1,11 @@
 """The heavy stage of S11: a Celery worker that runs the big model on every queued request.
 
-Run as `celery -A serving_patterns.multiple_stage_prediction.worker worker --pool=solo`;
-Celery reads `app`, built on first access from `HeavyWorkerSettings` (the environment). A
-bootstep loads `iris_heavy` and opens the job store once per process, before the worker logs
-"ready."; each job then takes DELAY_MS (the heavy model's cost), obeys FAIL_MODE and stores
-its answer as the job's result, which the proxy serves as `stage: "heavy"`.
+Declared as `worker = "serving_patterns.multiple_stage_prediction.worker"` in topology.toml (a
+solo-pool `celery -A ... worker` with a heartbeat); Celery reads `app`, built on first access
+from `HeavyWorkerSettings` (the environment). A bootstep loads `iris_heavy` and opens the job
+store once per process, before the worker logs "ready."; each job then takes DELAY_MS (the
+heavy model's cost), obeys FAIL_MODE and stores its answer as the job's result, which the
+proxy serves as `stage: "heavy"`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import time
 from typing import Any
 
 from celery import Celery
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from patternkit.faults import Faults
-from patternkit.jobs import JobStore, lazy_app, make_celery, open_on_start
+from patternkit.jobs import (
+    JobStore,
+    WorkerSettings,
+    describe,
+    lazy_app,
+    make_worker,
+    open_on_start,
+)
 from patternkit.models import OnnxModel, as_rows
-from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("serving_patterns.multiple_stage_prediction.worker")
 
@@ -30,27 +36,14 @@ TASK_NAME = "multiple_stage_prediction.heavy"
 MAX_ATTEMPTS = 3
 
 
-class HeavyWorkerSettings(ServiceSettings):
-    """The heavy worker: where Redis and the heavy model are, and how slow the model is."""
+class HeavyWorkerSettings(WorkerSettings):
+    """The heavy worker: the base's broker, faults and timeouts, plus the heavy model."""
 
     service_name: str = "heavy"
     redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
     model_path: str = Field(..., description="the heavy model's directory (model.onnx + manifest)")
     delay_ms: int = Field(1500, ge=0, description="added time per job: the heavy model's cost")
-    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
-    visibility_timeout_s: float = Field(
-        5.0, gt=0, description="an unacked job is redelivered after this; > the longest job"
-    )
     job_ttl_s: int = Field(86_400, gt=0, description="how long a job's record is kept")
-
-    @model_validator(mode="after")
-    def _visibility_exceeds_a_job(self) -> HeavyWorkerSettings:
-        if self.visibility_timeout_s * 1000 <= self.delay_ms:
-            raise ValueError(
-                f"VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed DELAY_MS="
-                f"{self.delay_ms}, or a job still running is delivered again"
-            )
-        return self
 
 
 class HeavyStage:
@@ -58,7 +51,7 @@ class HeavyStage:
 
     def __init__(self, cfg: HeavyWorkerSettings) -> None:
         self.cfg = cfg
-        self.faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+        self.faults = cfg.faults()
         self.pid: int | None = None
         self.model: OnnxModel
         self.jobs: JobStore
@@ -102,8 +95,8 @@ class HeavyStage:
         try:
             result = self.predict(rows, request_id)
         except Exception as exc:  # bad data, an injected fault or a bug: report it, do not loop
-            log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-            self.jobs.fail(job_id, f"{type(exc).__name__}: {exc}")
+            log.error("job %s failed: %s", job_id, describe(exc))
+            self.jobs.fail(job_id, describe(exc))
             return
         self.jobs.finish(job_id, result)
 
@@ -111,7 +104,7 @@ class HeavyStage:
 def create_worker(settings: HeavyWorkerSettings | None = None) -> Celery:
     """The Celery app with the heavy task and the bootstep that loads the model."""
     cfg = settings or HeavyWorkerSettings()
-    app = make_celery(QUEUE, cfg.redis_url, visibility_timeout_s=cfg.visibility_timeout_s)
+    app = make_worker(QUEUE, cfg)
     stage = HeavyStage(cfg)
 
     open_on_start(app, stage.open, stage.close)  # once per process, before "ready."

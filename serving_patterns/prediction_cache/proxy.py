@@ -10,34 +10,34 @@ Redis is optional at run time: a Redis error makes the call a MISS served by the
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from patternkit.backends import RemoteModel, timed_call
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
+    Metrics,
     ServiceState,
+    add_fast_route,
     background,
     create_service,
-    fast_route,
     json_response,
     request_id,
 )
@@ -73,7 +73,7 @@ def cache_key(version: str, X: np.ndarray) -> str:
 class PredictionCache:
     """Redis get/set that never raise: an error is counted and the cache skipped for a while."""
 
-    def __init__(self, cfg: CacheProxySettings, registry: CollectorRegistry) -> None:
+    def __init__(self, cfg: CacheProxySettings, metrics: Metrics, stats: dict[str, Any]) -> None:
         timeout = cfg.redis_timeout_ms / 1000
         self.redis = Redis.from_url(
             cfg.cache_redis_url,
@@ -84,33 +84,26 @@ class PredictionCache:
         self.ttl_ms = max(1, round(cfg.cache_ttl_s * 1000))
         self.retry_s = cfg.cache_retry_s
         self.down_until = 0.0
-        self.stats: dict[str, Any] = {
-            "hits": 0, "misses": 0, "errors": 0, "ttl_s": cfg.cache_ttl_s, "redis_ok": True,
-        }
-        self.hits = Counter("prediction_cache_hits", "answered from the cache", registry=registry)
-        self.misses = Counter(
-            "prediction_cache_misses", "answered by the predictor", registry=registry
+        self.stats = stats  # the non-count facts /stats shows under "cache"
+        self.stats.update(ttl_s=cfg.cache_ttl_s, redis_ok=True)
+        self.hits = metrics.counter(
+            "prediction_cache_hits", "answered from the cache", stat="cache.hits"
         )
-        self.errors = Counter(
-            "prediction_cache_errors", "failed Redis calls", ["op"], registry=registry
+        self.misses = metrics.counter(
+            "prediction_cache_misses", "answered by the predictor", stat="cache.misses"
+        )
+        self.errors = metrics.counter(
+            "prediction_cache_errors", "failed Redis calls", {"op": ("get", "set", "decode")},
+            stat="cache.errors", total=True,
         )
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-    def hit(self) -> None:
-        self.stats["hits"] += 1
-        self.hits.inc()
-
-    def miss(self) -> None:
-        self.stats["misses"] += 1
-        self.misses.inc()
-
     def _usable(self) -> bool:
         return time.monotonic() >= self.down_until
 
     def _failed(self, op: str, exc: Exception) -> None:
-        self.stats["errors"] += 1
         self.stats["redis_ok"] = False
         self.errors.labels(op).inc()
         self.down_until = time.monotonic() + self.retry_s
@@ -136,7 +129,6 @@ class PredictionCache:
         try:
             payload: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:  # not written by this proxy: count it, treat as a miss
-            self.stats["errors"] += 1
             self.errors.labels("decode").inc()
             return None
         return payload
@@ -152,98 +144,77 @@ class PredictionCache:
         self._worked()
 
 
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    cache: PredictionCache
+    model: RemoteModel
+
+
+async def predict(request: Request) -> Response:
+    """A HIT from Redis, or the predictor's answer (then cached under its model version)."""
+    cfg: CacheProxySettings = request.state.settings
+    state: ServiceState = request.state.service
+    model: RemoteModel = request.state.model
+    cache: PredictionCache = request.state.cache
+    version, n_features = model.version, model.n_features
+    if version is None or n_features is None:
+        raise ApiError(503, "the proxy does not know the model version yet", "not_ready")
+    body = await request.body()
+    X, body_rid = parse_batch(body, n_features, cfg.max_batch_rows)  # 422/413, never cached
+    # Look up first and only then call the predictor: running both at once would make a
+    # HIT cost a prediction anyway, and the point of the cache is to spare the predictor.
+    cached = await cache.get(cache_key(version, X))
+    if cached is not None:
+        cache.hits.inc()
+        cached["request_id"] = body_rid or request_id(request)
+        return json_response(cached, headers={
+            "x-cache": "HIT",
+            "x-served-by": state.served_by,
+            "x-model-version": str(cached.get("version", version)),
+        })
+    cache.misses.inc()
+    reply, _ = await timed_call(
+        model.upstream, "POST", model.backend.predict_url, body=body, rid=request_id(request)
+    )
+    if reply.status == 200:
+        # store under the version that computed the reply, which may be newer than ours
+        computed_by = reply.headers.get("x-model-version") or version
+        model.learn(computed_by)
+        payload: Any = reply.json()
+        payload.pop("request_id", None)
+        await cache.set(cache_key(computed_by, X), payload)
+    return Response(reply.body, status_code=reply.status,
+                    headers={**reply.headers, "x-cache": "MISS"})
+
+
 def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
     cfg = settings or CacheProxySettings()
-    base = cfg.predictor_url.rstrip("/")
-    model: dict[str, Any] = {}  # n_features of the predictor's model
-    res: dict[str, Any] = {}  # the upstream client and the cache, opened in the lifespan
-
-    def learn_version(state: ServiceState, version: str) -> None:
-        if version != state.model_version:
-            log.info("model version %s -> %s", state.model_version, version)
-            state.model_version = version
-
-    async def refresh(state: ServiceState) -> None:
-        """Read the predictor's model version and input width; keep the last ones on error."""
-        upstream: Upstream = res["upstream"]
-        try:
-            reply = await upstream.call("GET", f"{base}/metadata", timeout_s=2.0)
-            meta: Any = reply.json() if reply.status == 200 else {}
-            version = meta.get("model_version")
-            if not version:  # the predictor is still loading its model
-                return
-            n_features = int(meta["model"]["input_schema"]["n_features"])
-        except (ApiError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("cannot read %s/metadata: %s", base, getattr(exc, "message", exc))
-            return
-        model["n_features"] = n_features
-        learn_version(state, str(version))
-        if not state.ready:
-            state.ready = True
-            log.info("ready: model version %s, %d features", version, n_features)
-
-    async def refresh_loop(state: ServiceState) -> None:
-        while True:
-            try:
-                await refresh(state)
-            except Exception:  # keep refreshing whatever happened this time
-                log.exception("version refresh failed")
-            await asyncio.sleep(cfg.version_refresh_s if state.ready else 0.2)
+    upstream = Upstream(cfg.backend_timeout_ms / 1000)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(cfg.backend_timeout_ms / 1000)
-        cache = res["cache"] = PredictionCache(cfg, state.registry)
-        state.stats["cache"] = cache.stats
-        state.metadata.update(predictor=base, cache_ttl_s=cfg.cache_ttl_s,
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        def changed(old: str | None, new: str) -> None:
+            state.model_version = new
+            if not state.ready:
+                state.ready = True  # ready (200 on /ready) only once the model is known
+                log.info("ready: model version %s", new)
+
+        model = RemoteModel(upstream, cfg.predictor_url, refresh_s=cfg.version_refresh_s,
+                            on_change=changed)
+        cache = PredictionCache(cfg, state.metrics, state.stats.setdefault("cache", {}))
+        state.metadata.update(predictor=model.backend.url, cache_ttl_s=cfg.cache_ttl_s,
                               version_refresh_s=cfg.version_refresh_s)
         try:
-            async with background(refresh_loop(state)):
-                yield
+            async with background(model.run()):
+                yield {"cache": cache, "model": model}
         finally:
             await cache.aclose()
-            await res["upstream"].aclose()
 
-    # ready (200 on /ready) only once the model version is known: see refresh()
-    app = create_service(cfg, title="prediction cache: proxy", lifespan=lifespan, auto_ready=False)
-    state: ServiceState = app.state.service
-
-    @fast_route(
-        app, "/predict",
-        tags=["predict"],
-        openapi_extra=PREDICT_OPENAPI,
+    app = create_service(cfg, title="prediction cache: proxy", lifespan=lifespan,
+                         upstreams={"upstream": upstream}, auto_ready=False)
+    add_fast_route(
+        app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
         responses={413: {"description": "body or batch too large"}, 422: {}, 502: {}, 503: {}},
     )
-    async def predict(request: Request) -> Response:
-        version, n_features = state.model_version, model.get("n_features")
-        if version is None or n_features is None:
-            raise ApiError(503, "the proxy does not know the model version yet", "not_ready")
-        body = await request.body()
-        X, body_rid = parse_batch(body, n_features, cfg.max_batch_rows)  # 422/413, never cached
-        cache: PredictionCache = res["cache"]
-        # Look up first and only then call the predictor: running both at once would make a
-        # HIT cost a prediction anyway, and the point of the cache is to spare the predictor.
-        cached = await cache.get(cache_key(version, X))
-        if cached is not None:
-            cache.hit()
-            cached["request_id"] = body_rid or request_id(request)
-            return json_response(cached, headers={
-                "x-cache": "HIT",
-                "x-served-by": state.served_by,
-                "x-model-version": str(cached.get("version", version)),
-            })
-        cache.miss()
-        reply = await res["upstream"].call(
-            "POST", f"{base}/predict", body=body, rid=request_id(request)
-        )
-        if reply.status == 200:
-            # store under the version that computed the reply, which may be newer than ours
-            computed_by = reply.headers.get("x-model-version") or version
-            learn_version(state, computed_by)
-            payload: Any = reply.json()
-            payload.pop("request_id", None)
-            await cache.set(cache_key(computed_by, X), payload)
-        return Response(reply.body, status_code=reply.status,
-                        headers={**reply.headers, "x-cache": "MISS"})
-
     return app

@@ -13,15 +13,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import Counter, Gauge
 from pydantic import Field, field_validator
 
 from patternkit.proxy import Reply, Upstream, split_urls
@@ -114,37 +113,35 @@ def backend_error(url: str, reply: Reply) -> ApiError:
 def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
     cfg = settings or CircuitBreakSettings()
     urls = split_urls(cfg.backend_urls)
-    res: dict[str, Upstream] = {}
     turn = itertools.count()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(cfg.backend_timeout_ms / 1000)
-        yield
-        await res["upstream"].aclose()
-
-    app = create_service(cfg, title="prediction circuit break: proxy", lifespan=lifespan)
+    upstream = Upstream(cfg.backend_timeout_ms / 1000)
+    app = create_service(cfg, title="prediction circuit break: proxy",
+                         upstreams={"upstream": upstream})
     state: ServiceState = app.state.service
-    stats = state.stats  # shown on /stats
-    stats.update(passed=0, backend_errors=0, fallbacks=dict.fromkeys(REASONS, 0))
-    registry = state.registry
-    fallbacks = Counter(
+    metrics = state.metrics  # each count declared once: on /metrics and, by `stat`, on /stats
+    passed = metrics.counter("circuit_break_passed", "requests a backend answered",
+                             stat="passed")
+    backend_errors = metrics.counter(
+        "circuit_break_backend_errors", "requests answered with a backend's 502/504",
+        stat="backend_errors",
+    )
+    fallbacks = metrics.counter(
         "circuit_break_fallbacks",
         "requests answered with the null fallback: shed (overloaded, rate_limited) or refused "
         "by open breakers (breaker_open)",
-        ["reason"], registry=registry,
+        {"reason": REASONS}, stat="fallbacks",
     )
-    for reason in REASONS:
-        fallbacks.labels(reason)
-    calls = Counter("circuit_break_backend_calls", "backend calls by outcome for the breaker",
-                    ["backend", "outcome"], registry=registry)
-    opened = Counter("circuit_break_breaker_opened", "times a backend's breaker opened",
-                     ["backend"], registry=registry)
-    state_gauge = Gauge("circuit_break_breaker_state",
-                        "breaker state per backend: 0 closed, 1 half_open, 2 open",
-                        ["backend"], registry=registry)
-    in_flight_gauge = Gauge("circuit_break_backend_in_flight", "proxy calls in flight per backend",
-                            ["backend"], registry=registry)
+    calls = metrics.counter(
+        "circuit_break_backend_calls", "backend calls by outcome for the breaker",
+        {"backend": urls, "outcome": ("success", "failure")},
+    )
+    opened = metrics.counter("circuit_break_breaker_opened", "times a backend's breaker opened",
+                             {"backend": urls})
+    state_gauge = metrics.gauge("circuit_break_breaker_state",
+                                "breaker state per backend: 0 closed, 1 half_open, 2 open",
+                                {"backend": urls})
+    in_flight_gauge = metrics.gauge("circuit_break_backend_in_flight",
+                                    "proxy calls in flight per backend", {"backend": urls})
 
     def make_backend(url: str) -> Backend:
         def changed(old: State, new: State) -> None:
@@ -184,7 +181,6 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
             waits = [b.breaker.retry_in_s() for b in backends]
             wait_s = min((w for w in waits if w > 0), default=1.0)
         retry_after = max(1, math.ceil(wait_s))
-        stats["fallbacks"][reason] += 1
         fallbacks.labels(reason).inc()
         headers: dict[str, str] = {"x-fallback": reason}
         if cfg.fallback_status == 503:
@@ -200,7 +196,7 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
         ticket = backend.breaker.begin()
         ok: bool | None = None  # None: no verdict (the request was cancelled)
         try:
-            reply = await res["upstream"].call(
+            reply = await upstream.call(
                 "POST", f"{backend.url}/predict", body=body, rid=rid
             )
             ok = reply.status < 500  # a 4xx is the caller's fault and a healthy backend
@@ -228,7 +224,7 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
             choice = choose([b for b in backends if b not in tried], next(turn))
             if isinstance(choice, str):
                 if last is not None:  # failing over found no other backend: report the failure
-                    stats["backend_errors"] += 1
+                    backend_errors.inc()
                     raise last
                 return fallback(choice, rid)
             if not tried and bucket is not None and not bucket.try_take():
@@ -237,14 +233,14 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
                 reply = await attempt(choice, body, rid)
             except ApiError as exc:
                 if exc.error != "backend_unavailable":
-                    stats["backend_errors"] += 1
+                    backend_errors.inc()
                     raise
                 # unreachable, or the connection dropped: a prediction is safe to repeat,
                 # so another backend may take it
                 tried.append(choice)
                 last = exc
                 continue
-            stats["passed"] += 1
+            passed.inc()
             return reply.response()
 
     add_fast_route(

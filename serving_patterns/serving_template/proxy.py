@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from patternkit.backends import parse_backends
-from patternkit.proxy import Upstream
+from patternkit.proxy import Upstream, UpstreamDep
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
 
@@ -30,23 +30,21 @@ class ProxySettings(ServiceSettings):
 def create_app(settings: ProxySettings | None = None) -> FastAPI:
     cfg = settings or ProxySettings()
     routes = {b.name: b.url for b in parse_backends(cfg.model_urls)}
-    upstream: dict[str, Upstream] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        upstream["client"] = Upstream(cfg.backend_timeout_ms / 1000)
         state.metadata["models"] = routes
         yield
-        await upstream["client"].aclose()
 
-    app = create_service(cfg, title="serving template: proxy", lifespan=lifespan)
+    app = create_service(cfg, title="serving template: proxy", lifespan=lifespan,
+                         upstreams={"upstream": Upstream(cfg.backend_timeout_ms / 1000)})
 
     @app.get("/models", tags=["models"])
     async def models() -> Response:
         return json_response({"models": sorted(routes)})
 
     @app.api_route("/models/{name}/{path:path}", methods=["GET", "POST"], tags=["models"])
-    async def forward(name: str, path: str, request: Request) -> Response:
+    async def forward(name: str, path: str, request: Request, upstream: UpstreamDep) -> Response:
         base = routes.get(name)
         if base is None:
             raise ApiError(404, f"no model server named {name!r}; known: {', '.join(routes)}")
@@ -54,7 +52,7 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         if "x-api-key" in request.headers:
             headers["x-api-key"] = request.headers["x-api-key"]
-        reply = await upstream["client"].call(
+        reply = await upstream.call(
             request.method, url, body=await request.body(), rid=request_id(request),
             headers=headers, name=f"model server {name}",
         )

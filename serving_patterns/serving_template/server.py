@@ -60,17 +60,14 @@ def create_app(settings: TemplateSettings | None = None) -> FastAPI:
     config = loaded.config
     key = api_key_from_env(config.auth.api_key_env, str(loaded.path))
     api = contract(config)
-    holder: dict[str, OnnxModel] = {}
-
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[dict[str, OnnxModel]]:
         try:
             model = await asyncio.to_thread(OnnxModel, cfg.model_path)
             check_artifact(config, model)
         except (ModelError, OSError, ValueError) as exc:
             log.critical("cannot serve %s: %s", loaded.path, exc)
             raise
-        holder["model"] = model
         state.model_version = model.version
         state.metadata.update(
             template_version=TEMPLATE_VERSION,
@@ -89,7 +86,7 @@ def create_app(settings: TemplateSettings | None = None) -> FastAPI:
         log.info("template %s serves %s %s (%d features, %d classes) from %s%s",
                  TEMPLATE_VERSION, model.name, model.version, len(config.features),
                  len(config.classes), loaded.path, migrated)
-        yield
+        yield {"model": model}
 
     app = create_service(
         cfg, title=f"{config.model.name}: serving template", version=TEMPLATE_VERSION,
@@ -111,7 +108,7 @@ def create_app(settings: TemplateSettings | None = None) -> FastAPI:
                 413, f"{len(body.instances)} instances exceed the limit of {limit} "
                      "(limits.max_batch_rows in this server's config)",
             )
-        model = holder["model"]
+        model: OnnxModel = request.state.model
         predictions = predict(config, model, api.rows(body))
         for p in predictions:
             served.labels(p["label"]).inc()

@@ -7,7 +7,6 @@ that names the predictor, instead of holding the user's request open.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -17,7 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from patternkit.proxy import Upstream
+from patternkit.backends import timed_call
+from patternkit.proxy import Upstream, UpstreamDep
 from patternkit.schemas import FiniteFloat
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
@@ -38,24 +38,21 @@ class Checkout(BaseModel):
 
 def create_app(settings: WebAppSettings | None = None) -> FastAPI:
     cfg = settings or WebAppSettings()
-    upstream: dict[str, Upstream] = {}
     predict_url = cfg.predictor_url.rstrip("/") + "/predict"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        upstream["client"] = Upstream(cfg.pred_timeout_ms / 1000)
         state.metadata.update(predictor=cfg.predictor_url, pred_timeout_ms=cfg.pred_timeout_ms)
         yield
-        await upstream["client"].aclose()
 
-    app = create_service(cfg, title="synchronous: checkout web app", lifespan=lifespan)
+    app = create_service(cfg, title="synchronous: checkout web app", lifespan=lifespan,
+                         upstreams={"upstream": Upstream(cfg.pred_timeout_ms / 1000)})
 
     @app.post("/checkout", tags=["checkout"])
-    async def checkout(order: Checkout, request: Request) -> Response:
-        started = time.perf_counter()
+    async def checkout(order: Checkout, request: Request, upstream: UpstreamDep) -> Response:
         body = orjson.dumps({"data": [order.features]})
-        reply = await upstream["client"].call(
-            "POST", predict_url, body=body, rid=request_id(request)
+        reply, ms = await timed_call(
+            upstream, "POST", predict_url, body=body, rid=request_id(request)
         )
         if reply.status != 200:
             raise ApiError(502, f"predictor answered {reply.status}: {reply.body[:200]!r}",
@@ -68,7 +65,7 @@ def create_app(settings: WebAppSettings | None = None) -> FastAPI:
                 "predicted_class": label,
                 "next_step": NEXT_STEP.get(label, "manual_review"),
                 "model_version": result["version"],
-                "prediction_ms": round((time.perf_counter() - started) * 1000, 1),
+                "prediction_ms": ms,
             }
         )
 

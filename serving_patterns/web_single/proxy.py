@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -16,8 +17,12 @@ from pydantic import Field
 
 from patternkit.proxy import RoundRobin, Upstream, split_urls
 from patternkit.schemas import PREDICT_OPENAPI
-from patternkit.service import ServiceState, create_service, fast_route
+from patternkit.service import ServiceState, add_fast_route, create_service
 from patternkit.settings import ServiceSettings
+
+
+class Resources(TypedDict):
+    balancer: RoundRobin
 
 
 class LBSettings(ServiceSettings):
@@ -26,23 +31,22 @@ class LBSettings(ServiceSettings):
     backend_timeout_ms: int = Field(5000, gt=0)
 
 
+async def predict(request: Request) -> Response:
+    balancer: RoundRobin = request.state.balancer
+    reply = await balancer.forward(request.state.upstream, request, "/predict")
+    return reply.response()
+
+
 def create_app(settings: LBSettings | None = None) -> FastAPI:
     cfg = settings or LBSettings()
     balancer = RoundRobin(split_urls(cfg.backend_urls))
-    upstream: dict[str, Upstream] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        upstream["client"] = Upstream(cfg.backend_timeout_ms / 1000)
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         state.metadata["backends"] = balancer.urls
-        yield
-        await upstream["client"].aclose()
+        yield {"balancer": balancer}
 
-    app = create_service(cfg, title="web single: load balancer", lifespan=lifespan)
-
-    @fast_route(app, "/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI)
-    async def predict(request: Request) -> Response:
-        reply = await balancer.forward(upstream["client"], request, "/predict")
-        return reply.response()
-
+    app = create_service(cfg, title="web single: load balancer", lifespan=lifespan,
+                         upstreams={"upstream": Upstream(cfg.backend_timeout_ms / 1000)})
+    add_fast_route(app, "/predict", predict, tags=["predict"], openapi_extra=PREDICT_OPENAPI)
     return app
