@@ -17,7 +17,7 @@ RUN mkdir patternkit && touch patternkit/__init__.py \
 
 COPY . .
 RUN uv pip install --system --no-cache --no-deps . \
-    && useradd --create-home app && mkdir -p /data && chown app /data
+    && useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 USER app
 VOLUME ["/data"]
 EXPOSE 8000
