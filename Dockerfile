@@ -16,7 +16,7 @@ RUN uv export --locked --no-dev --no-emit-project --no-hashes -o /tmp/requiremen
 
 COPY . .
 RUN uv pip install --system --no-cache --no-deps . \
-    && useradd --create-home app && mkdir -p /data && chown app /data
+    && useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 USER app
 VOLUME ["/data"]
 EXPOSE 8000

@@ -3,9 +3,9 @@
 `run` boots a pattern in the foreground, prints its URLs and keeps it up while services come
 and go; `ctl` talks to that running stack from another terminal (status, stop, start,
 restart, kill, pause, resume); `demo` boots a pattern, runs its scenario, prints what was
-observed and tears down; `render` writes each pattern's docker-compose.yml from its topology;
-`check` validates every topology and fails when a rendered file is out of date. The
-Makefile's targets are thin calls to these.
+observed and tears down; `render` writes each pattern's docker-compose.yml and k8s.yaml from
+its topology; `check` validates every topology and fails when a rendered file is out of date.
+The Makefile's targets are thin calls to these.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from patternkit.topology import (
     find_pattern,
     load_topology,
     render_file,
+    render_k8s_file,
     repo_root,
 )
 from patternkit.topology.control import VERBS, ControlServer, running_stacks, send
@@ -199,8 +200,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def rendered_files(root: Path) -> list[tuple[Path, str]]:
-    """Every generated file with its expected text: compose files and the README table."""
-    files = [render_file(load_topology(folder), folder, root) for folder in discover(root)]
+    """Every generated file with its expected text: compose and k8s files, the README table."""
+    files = []
+    for folder in discover(root):
+        topology = load_topology(folder)
+        files.append(render_file(topology, folder, root))
+        files.append(render_k8s_file(topology, folder, root))
     readme = root / "README.md"
     files.append((readme, render_readme(readme.read_text(), root)))
     return files
@@ -267,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("pattern", nargs="?", help="one pattern (default: every built pattern)")
     demo.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser("render", help="write docker-compose.yml files").set_defaults(func=cmd_render)
+    sub.add_parser("render", help="write docker-compose.yml and k8s.yaml files").set_defaults(
+        func=cmd_render
+    )
     sub.add_parser("check", help="validate topologies and rendered files").set_defaults(
         func=cmd_check
     )

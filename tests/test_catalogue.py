@@ -6,11 +6,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from patternkit.catalogue import CATALOGUE, role_of
-from patternkit.topology import discover, load_topology, render_file, repo_root
+from patternkit.topology import discover, load_topology, render_file, render_k8s_file, repo_root
+from patternkit.topology.k8s import K8S_VERSION
 
 ROOT = repo_root()
 PATTERNS = discover(ROOT)
@@ -74,6 +77,90 @@ def test_rendered_compose_is_up_to_date(folder: Path) -> None:
     target, text = render_file(load_topology(folder), folder, ROOT)
     assert target.is_file(), f"run `make render` to write {rel(target)}"
     assert target.read_text() == text, f"{rel(target)} drifted; run `make render`"
+
+
+@pytest.mark.parametrize("folder", PATTERNS, ids=rel)
+def test_rendered_k8s_is_up_to_date(folder: Path) -> None:
+    target, text = render_k8s_file(load_topology(folder), folder, ROOT)
+    assert target.is_file(), f"run `make render` to write {rel(target)}"
+    assert target.read_text() == text, f"{rel(target)} drifted; run `make render`"
+
+
+def test_k8s_manifests_validate_strictly() -> None:
+    """Every object against the Kubernetes API schema of K8S_VERSION, unknown fields refused."""
+    files = [str(f / "k8s.yaml") for f in PATTERNS]
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run(
+        [str(exe), "--strict", "--quiet", "-k", K8S_VERSION, *files],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return [spec["template"]["spec"]] if "template" in spec else []
+
+
+URL_HOST = re.compile(r"(?:https?|redis|postgresql)://(?:[^@/\s]*@)?([a-z0-9.-]+):(\d+)")
+TCP_ADDRESS = re.compile(r"([a-z0-9.-]+):(\d+)")  # a gate's --tcp HOST:PORT
+
+
+def addresses(texts: list[str]) -> list[tuple[str, str]]:
+    found = [hp for text in texts for hp in URL_HOST.findall(text)]
+    return found + [m.groups() for t in texts if (m := TCP_ADDRESS.fullmatch(t))]
+
+
+def unresolved(box: dict[str, Any]) -> list[str]:
+    """Placeholders left, and `$(VAR)` references to variables the container lacks (in env,
+    only those defined above: kubelet expands in order)."""
+    problems: list[str] = []
+    defined: list[str] = []
+    for item in box.get("env", []):
+        problems += [f"{item['name']} uses $({v}) before it is defined"
+                     for v in re.findall(r"\$\((\w+)\)", item.get("value", ""))
+                     if v not in defined]
+        defined.append(item["name"])
+    for text in [*box.get("command", []), *box.get("args", []),
+                 *(e.get("value", "") for e in box.get("env", []))]:
+        problems += [f"placeholder left in {text!r}"] if re.search(r"\{[\w.]+\}", text) else []
+        problems += [f"$({v}) is not defined" for v in re.findall(r"\$\((\w+)\)", text)
+                     if v not in defined]
+    return problems
+
+
+@pytest.mark.parametrize("folder", PATTERNS, ids=rel)
+def test_k8s_env_is_resolved_and_names_existing_services(folder: Path) -> None:
+    """No `{placeholder}` is left, every `$(VAR)` is a variable the container defines, and
+    every address in an env value or a start-up gate is a Service of the file, on its port
+    (`name-0.name`: a member of the StatefulSet `name` behind that headless Service)."""
+    docs = list(yaml.safe_load_all((folder / "k8s.yaml").read_text()))
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    members = {d["metadata"]["name"]: d["spec"]["replicas"] for d in docs
+               if d["kind"] == "StatefulSet"}
+    checked = 0
+    for doc in docs:
+        for pod in pod_templates(doc):
+            for box in pod.get("initContainers", []) + pod["containers"]:
+                assert not unresolved(box), f"{box['name']}: {unresolved(box)}"
+                texts = [*box.get("command", []),
+                         *(e.get("value", "") for e in box.get("env", []))]
+                for host, port in addresses(texts):
+                    member, _, svc = host.partition(".")
+                    if svc:
+                        base, _, index = member.rpartition("-")
+                        assert base == svc and int(index) < members.get(svc, 0), host
+                    else:
+                        svc = member
+                    assert svc in services, f"{box['name']} names {host}: no such Service"
+                    ports = {p["port"] for p in services[svc]["spec"]["ports"]}
+                    assert int(port) in ports, f"{host}:{port} is not a port of {svc}"
+                    checked += 1
+    wired = [s for s in load_topology(folder).services.values()
+             if any("." in f for v in s.env.values() for f in re.findall(r"\{([\w.]+)\}", v))]
+    assert checked or not wired, "no address was checked"
 
 
 def test_compose_files_follow_the_compose_spec() -> None:

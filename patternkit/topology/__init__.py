@@ -1,4 +1,4 @@
-"""Topologies: the schema of `topology.toml`, the local runner and the compose renderer.
+"""Topologies: the schema of `topology.toml`, the local runner, the compose and k8s renderers.
 
 `discover()` lists every pattern folder of the catalogue (a folder holding a topology.toml
 under one of the category folders).
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from patternkit.topology.compose import render_compose, render_file
+from patternkit.topology.k8s import render_k8s, render_k8s_file
 from patternkit.topology.runner import Stack, StackError, project_root
 from patternkit.topology.schema import (
     TOPOLOGY_FILE,
@@ -65,5 +66,7 @@ __all__ = [
     "load_topology",
     "render_compose",
     "render_file",
+    "render_k8s",
+    "render_k8s_file",
     "repo_root",
 ]

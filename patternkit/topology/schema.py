@@ -14,6 +14,7 @@ A bad file raises `TopologyError` naming the file and the field.
 
 from __future__ import annotations
 
+import contextlib
 import string
 import tomllib
 from pathlib import Path
@@ -62,6 +63,30 @@ class TopologyError(ValueError):
     """A topology file that cannot be read or does not follow the schema."""
 
 
+class ScaleSpec(BaseModel):
+    """`scale = { min = 1, max = 4, cpu = 70 }`: a service an autoscaler may scale (in
+    Kubernetes a HorizontalPodAutoscaler on CPU and a PodDisruptionBudget); `replicas` stays
+    the count it starts with, locally and in compose."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(1, ge=1, le=64, description="fewest replicas")
+    max: int = Field(4, ge=1, le=64, description="most replicas")
+    cpu: int = Field(70, ge=1, le=100, description="target CPU use, % of the CPU request")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+SCALE_HELP = "marks the service scalable: bounds and CPU target of its autoscaler"
+SCHEDULE_HELP = (
+    "cron schedule of a oneshot: in Kubernetes a CronJob; locally and in compose it runs once"
+)
+
+
 class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +104,9 @@ class ServiceSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     replicas: int = Field(1, ge=1, le=16)
     restart: Restart = Field("no", description=RESTART_HELP)
+    scale: ScaleSpec | None = Field(None, description=SCALE_HELP)
+    schedule: str | None = Field(None, pattern=r"^(@\w+|\S+( \S+){4})$",
+                                 description=SCHEDULE_HELP)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ServiceSpec:
@@ -104,6 +132,18 @@ class ServiceSpec(BaseModel):
             raise ValueError("a oneshot service has exactly one replica")
         if self.oneshot and self.restart != "no":
             raise ValueError("a oneshot service runs once: `restart` is for long-running ones")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_and_schedule(self) -> ServiceSpec:
+        if self.scale is not None:
+            if self.oneshot:
+                raise ValueError("`scale` is for long-running services, not a oneshot")
+            if not self.scale.min <= self.replicas <= self.scale.max:
+                raise ValueError(f"replicas ({self.replicas}) is outside scale "
+                                 f"[{self.scale.min}, {self.scale.max}]")
+        if self.schedule is not None and not self.oneshot:
+            raise ValueError("`schedule` repeats a oneshot: set `oneshot = true`")
         return self
 
     def instances(self, name: str) -> list[str]:
@@ -166,6 +206,22 @@ class Topology(BaseModel):
         self.order()  # raises on a cycle
         return self
 
+    @model_validator(mode="after")
+    def _scaling_fits_wiring(self) -> Topology:
+        addressed = addressed_one_by_one(self)
+        for name, spec in self.services.items():
+            if spec.scale is not None and name in addressed:
+                raise ValueError(
+                    f"services.{name}.scale: {{{name}.urls}} addresses each replica, so an "
+                    "autoscaler would add replicas nobody calls; set `replicas` instead"
+                )
+            for dep in spec.depends_on:
+                dspec = self.services.get(dep)
+                if dspec is not None and dspec.schedule is not None:
+                    raise ValueError(f"services.{name}.depends_on: {dep!r} runs on a schedule; "
+                                     "nothing can wait for it to finish")
+        return self
+
     def order(self) -> list[list[str]]:
         """Names (backing and services) grouped in start-up levels; level n needs only < n."""
         deps = {name: set(spec.depends_on) for name, spec in self.services.items()}
@@ -180,6 +236,22 @@ class Topology(BaseModel):
             levels.append(level)
             done.update(level)
         return levels
+
+
+def placeholder_fields(text: str) -> list[str]:
+    """The `{...}` fields of a template string (`svc.url`, `run_dir`, ...)."""
+    return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+
+
+def addressed_one_by_one(topology: Topology) -> set[str]:
+    """Services whose replicas someone addresses one by one (`{svc.urls}` is used)."""
+    found: set[str] = set()
+    for spec in topology.services.values():
+        for text in [*spec.env.values(), *(spec.run or []), *(spec.healthcheck or [])]:
+            with contextlib.suppress(ValueError):
+                found.update(f.partition(".")[0] for f in placeholder_fields(text)
+                             if f.endswith(".urls"))
+    return found
 
 
 def check_placeholders(text: str, names: set[str], where: str) -> None:
