@@ -217,9 +217,11 @@ def test_worker_settings_refuse_a_visibility_timeout_shorter_than_a_job() -> Non
     with pytest.raises(ValidationError, match=r"longest job \(DELAY_MS = 6000 ms\)"):
         WorkerSettings(redis_url="redis://x", delay_ms=6000)
     with pytest.raises(ValidationError, match=r"DELAY_MS \+ RETRY_BACKOFF_MS = 5200 ms"):
-        PredictionWorkerSettings(redis_url="redis://x", model_path="m", delay_ms=5000)
+        PredictionWorkerSettings(redis_url="redis://x", model_path="m", delay_ms=5000,
+                                 database_url="sqlite://")
     with pytest.raises(ValidationError, match="longest chunk"):
-        BatchWorkerSettings(redis_url="redis://x", model_path="m", visibility_timeout_s=0.1)
+        BatchWorkerSettings(redis_url="redis://x", model_path="m", visibility_timeout_s=0.1,
+                            database_url="sqlite://")
     ok = WorkerSettings(redis_url="redis://x", delay_ms=6000, visibility_timeout_s=7)
     assert ok.faults().delay_ms == 6000
     assert ok.heartbeat_file is None  # set by the topology, never needed by hand
