@@ -107,7 +107,7 @@ engine = make_engine(sys.argv[1])
 md = tables(sys.argv[2])
 go = Path(sys.argv[3])
 Path(sys.argv[4]).touch()  # this process is ready
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + 180  # a loaded machine imports slowly
 while not go.exists():
     if time.monotonic() > deadline:
         sys.exit("no go signal")
@@ -133,10 +133,10 @@ def test_processes_creating_the_same_tables_at_once_all_succeed(
         for i in range(4)
     ]
     try:
-        wait_until(lambda: all((tmp_path / f"r{i}").exists() for i in range(4)), 60,
+        wait_until(lambda: all((tmp_path / f"r{i}").exists() for i in range(4)), 180,
                    what="every creator waiting for the signal")
         go.touch()  # all four create at the same moment
-        outs = [p.communicate(timeout=60) for p in procs]
+        outs = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
             p.kill()
