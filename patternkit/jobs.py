@@ -31,9 +31,10 @@ from typing import Any, ClassVar, Self
 import orjson
 import redis
 from celery import Celery, bootsteps
+from celery.signals import celeryd_init, setup_logging
 from pydantic import Field, model_validator
 
-from patternkit import heartbeat
+from patternkit import heartbeat, logs
 from patternkit.faults import Faults, InjectedFault
 from patternkit.settings import ServiceSettings
 
@@ -207,9 +208,32 @@ def beat_while_consuming(
     app.steps["consumer"].add(Heartbeat)
 
 
+def log_like_services(service: str) -> None:
+    """Let `patternkit.logs.configure()` set up a worker's logging, not Celery.
+
+    Celery configures logging itself unless a receiver of its `setup_logging` signal does;
+    this one does (LOG_FORMAT, LOG_LEVEL, the service name), so a worker's lines look like
+    every other process's: text, or one JSON object a line. It runs on `celeryd_init` too,
+    which comes first, so that the worker's start-up warnings are in that format as well.
+    """
+
+    def configure(**_: Any) -> None:
+        logs.configure(service=service)
+
+    def on_init(instance: Any = None, **_: Any) -> None:
+        configure()
+        if logs.json_format() and instance is not None:
+            instance.quiet = True  # the start-up banner is plain text on stdout: not in JSON
+
+    celeryd_init.connect(on_init, weak=False, dispatch_uid="patternkit.jobs.logging")
+    setup_logging.connect(configure, weak=False, dispatch_uid="patternkit.jobs.logging")
+
+
 def make_worker(queue: str, settings: WorkerSettings, **overrides: Any) -> Celery:
     """A worker process's Celery app: `make_celery(queue)` on the settings' broker and
-    visibility timeout, with a heartbeat while it consumes when HEARTBEAT_FILE is set."""
+    visibility timeout, logging configured by `patternkit.logs` (`log_like_services`), with
+    a heartbeat while it consumes when HEARTBEAT_FILE is set."""
+    log_like_services(settings.served_by)
     app = make_celery(
         queue, settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
         **overrides,
@@ -334,6 +358,15 @@ class JobStore:
         self.client.close()
 
 
+def connect_producer(app: Celery) -> None:
+    """Open a producer's broker connection and declare its default queue now, so that a
+    service fails at start-up, not on its first job, when the broker is not there."""
+    _ = app.backend  # imports the (disabled) result backend's class now
+    with app.producer_pool.acquire(block=True) as producer:
+        producer.connection.ensure_connection(max_retries=3)
+        producer.maybe_declare(app.amqp.queues[app.conf.task_default_queue])
+
+
 class JobQueue:
     """The producer side: record a job as pending, then send its task message by name."""
 
@@ -345,11 +378,7 @@ class JobQueue:
     def connect(self) -> None:
         """Open the broker connection and declare the queue now, not on the first submit."""
         self.store.client.ping()
-        _ = self.app.backend  # imports the (disabled) result backend's class now
-        with self.app.producer_pool.acquire(block=True) as producer:
-            producer.connection.ensure_connection(max_retries=3)
-            queue = self.app.amqp.queues[self.app.conf.task_default_queue]
-            producer.maybe_declare(queue)
+        connect_producer(self.app)
 
     def submit(self, *args: Any, job_id: str | None = None) -> str:
         """Enqueue `task_name(job_id, *args)`; returns the job id (also the Celery task id)."""
