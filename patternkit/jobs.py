@@ -32,6 +32,7 @@ import orjson
 import redis
 from celery import Celery, bootsteps
 from celery.signals import celeryd_init, setup_logging
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import Field, model_validator
 
 from patternkit import heartbeat, logs
@@ -41,6 +42,9 @@ from patternkit.settings import ServiceSettings
 log = logging.getLogger("patternkit.jobs")
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+# what a producer sees when Redis (the broker and the job records) is down
+QUEUE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, BrokerError)
 
 # Count an attempt and mark the job running, unless it already finished (a duplicate
 # delivery): returns the attempt number, or 0 for a finished job.
@@ -374,6 +378,19 @@ class JobQueue:
         self.app = app
         self.store = store
         self.task_name = task_name
+
+    @classmethod
+    def open(cls, queue: str, redis_url: str, task_name: str, ttl_s: int = 86_400) -> JobQueue:
+        """The producer of `task_name` on `queue`, its job records in the same Redis, connected
+        now (`connect`), so that a service fails at start-up when Redis is not there."""
+        store = JobStore.from_url(redis_url, queue, ttl_s)
+        jobs = cls(make_celery(queue, redis_url), store, task_name)
+        try:
+            jobs.connect()
+        except Exception:
+            jobs.close()
+            raise
+        return jobs
 
     def connect(self) -> None:
         """Open the broker connection and declare the queue now, not on the first submit."""

@@ -316,6 +316,18 @@ def read_verified_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return model_path, manifest
 
 
+def input_schema(path: str | Path) -> dict[str, Any]:
+    """The `input_schema` of an artifact's manifest (`n_features`, ...), read without the model:
+    for a service that validates rows for a model another process runs (a job queue)."""
+    _, manifest_path = resolve_artifact(path)
+    try:
+        schema: dict[str, Any] = json.loads(manifest_path.read_text())["input_schema"]
+        int(schema["n_features"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"no input schema in {manifest_path}: {exc}") from exc
+    return schema
+
+
 def resolve_artifact(path: str | Path) -> tuple[Path, Path]:
     """(model file, manifest file) for a model directory or a path to its `.onnx` file."""
     p = Path(path)
