@@ -4,7 +4,9 @@
 its known label values created at zero (so every series is on `/metrics` from start-up, as
 Prometheus advises for labels you know), and optionally a `stat` path: `/stats` shows the
 metric's current value there, read from the same registry. A labelled metric shows as a dict
-per label value (nested in label order), or, with `total=True`, as the sum over its labels.
+per label value (nested in label order), or, with `total=True`, as the sum over its labels;
+a path naming labels (`"stages.{stage}.failures"`) puts each value there, summed over the
+labels it does not name.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._views: list[tuple[tuple[str, ...], Callable[[], Any]]] = []
+        # stat paths naming labels, e.g. "stages.{stage}.failures": summed over the others
+        self._templates: list[tuple[str, MetricWrapperBase, str]] = []
 
     def _declare(
         self, metric: MetricWrapperBase, sample: str, labels: Labels | None,
@@ -55,7 +59,9 @@ class Metrics:
         if labels:
             for values in itertools.product(*(list(v) for v in labels.values())):
                 metric.labels(*values)
-        if stat is not None:
+        if stat is not None and "{" in stat:
+            self._templates.append((stat, metric, sample))
+        elif stat is not None:
             self._views.append((tuple(stat.split(".")), self._reader(metric, sample, names, total)))
 
     @staticmethod
@@ -112,4 +118,13 @@ class Metrics:
         out: dict[str, Any] = {}
         for path, read in self._views:
             _put(out, path, read())
+        for template, metric, sample in self._templates:
+            sums: dict[str, float] = {}
+            for m in metric.collect():
+                for s in m.samples:
+                    if s.name == sample:
+                        key = template.format(**s.labels)
+                        sums[key] = sums.get(key, 0.0) + s.value
+            for key, value in sums.items():
+                _put(out, key.split("."), _number(value))
         return out
