@@ -11,7 +11,7 @@ runs them in parallel and turns each failure into a named gap in a partial answe
 replies on), `timed_call` the one timed HTTP call under all of them; `RemoteModel` is a
 predictor as a proxy sees it: its version, input width and batch limit learned from its
 `/metadata` and refreshed in the background (S8), so no proxy keeps its own way of knowing
-them.
+them; `watch_models` and `input_width` do it for a proxy of several (S6, S7).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from patternkit.proxy import Reply, Upstream, error_message
 from patternkit.schemas import PredictResponse
-from patternkit.service import ApiError
+from patternkit.service import ApiError, ServiceState, background
 
 log = logging.getLogger("patternkit.backends")
 
@@ -240,3 +241,34 @@ class RemoteModel:
     async def predict(self, X: np.ndarray, rid: str | None, timeout_s: float) -> ModelReply:
         """`call_model` on this predictor."""
         return await call_model(self.upstream, self.backend, X, rid, timeout_s)
+
+
+@asynccontextmanager
+async def watch_models(models: Sequence[RemoteModel], state: ServiceState) -> AsyncIterator[None]:
+    """Refresh `models` in the background for the block (a lifespan); the service turns ready
+    (200 on /ready) once one of them is known. For a proxy started with `auto_ready=False`."""
+
+    async def refresh(model: RemoteModel) -> None:
+        while not model.known:
+            await model.refresh()
+            if model.known:
+                break
+            await asyncio.sleep(0.2)
+        if not state.ready:
+            state.ready = True
+            log.info("ready: %s %s takes %s features", model.backend.name, model.version,
+                     model.n_features)
+        await model.run()
+
+    async with AsyncExitStack() as stack:
+        for model in models:
+            await stack.enter_async_context(background(refresh(model)))
+        yield
+
+
+def input_width(models: Sequence[RemoteModel]) -> int:
+    """The row width the first known model takes (they take the same rows); a 503 before."""
+    for model in models:
+        if model.n_features is not None:
+            return model.n_features
+    raise ApiError(503, "the proxy does not know the models' input width yet", "not_ready")
