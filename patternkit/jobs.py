@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 import redis
@@ -233,15 +233,28 @@ def log_like_services(service: str) -> None:
     setup_logging.connect(configure, weak=False, dispatch_uid="patternkit.jobs.logging")
 
 
-def make_worker(queue: str, settings: WorkerSettings, **overrides: Any) -> Celery:
+class Opens(Protocol):
+    """What a worker process opens once (a model, a DB pool) and closes when it stops."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_worker(
+    queue: str, settings: WorkerSettings, opens: Opens | None = None, **overrides: Any
+) -> Celery:
     """A worker process's Celery app: `make_celery(queue)` on the settings' broker and
     visibility timeout, logging configured by `patternkit.logs` (`log_like_services`), with
-    a heartbeat while it consumes when HEARTBEAT_FILE is set."""
+    a heartbeat while it consumes when HEARTBEAT_FILE is set, and `opens` opened once per
+    process before it logs "ready." (`open_on_start`)."""
     log_like_services(settings.served_by)
     app = make_celery(
         queue, settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
         **overrides,
     )
+    if opens is not None:
+        open_on_start(app, opens.open, opens.close)
     if settings.heartbeat_file:
         beat_while_consuming(app, settings.heartbeat_file, settings.heartbeat_interval_s)
     return app

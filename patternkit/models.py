@@ -297,6 +297,18 @@ class OnnxModel(OnnxArtifact):
         labels, probabilities = self.session.run(None, {self.input_name: X})
         return Prediction(labels=labels, probabilities=probabilities)
 
+    def answer(self, X: np.ndarray, served_by: str, request_id: str | None) -> dict[str, Any]:
+        """The template predictor's reply for the rows `X` (a worker's job result likewise)."""
+        out = self.predict(X)
+        return {
+            "prediction": out.labels,
+            "probabilities": out.probabilities,
+            "model": self.name,
+            "version": self.version,
+            "served_by": served_by,
+            "request_id": request_id,
+        }
+
 
 def read_verified_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(model file, manifest) for an artifact whose file matches the manifest's sha256."""

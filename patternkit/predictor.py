@@ -97,17 +97,7 @@ def add_predict_route(
             raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
         await apply_faults(faults)
-        out = model.predict(X)
-        return json_response(
-            {
-                "prediction": out.labels,
-                "probabilities": out.probabilities,
-                "model": model.name,
-                "version": model.version,
-                "served_by": state.served_by,
-                "request_id": rid or request_id(request),
-            }
-        )
+        return json_response(model.answer(X, state.served_by, rid or request_id(request)))
 
     add_fast_route(
         app, path, predict, ["POST"],
