@@ -244,15 +244,16 @@ class RemoteModel:
 
 
 @asynccontextmanager
-async def watch_models(models: Sequence[RemoteModel], state: ServiceState) -> AsyncIterator[None]:
-    """Refresh `models` in the background for the block (a lifespan); the service turns ready
-    (200 on /ready) once one of them is known. For a proxy started with `auto_ready=False`."""
+async def watch_models(
+    upstream: Upstream, backends: Sequence[Backend], state: ServiceState
+) -> AsyncIterator[list[RemoteModel]]:
+    """The backends as RemoteModels, refreshed in the background for the block (a lifespan);
+    the service turns ready (200 on /ready) once one of them is known. For a proxy of several
+    predictors started with `auto_ready=False`."""
+    models = [RemoteModel(upstream, b.url, name=b.name) for b in backends]
 
     async def refresh(model: RemoteModel) -> None:
-        while not model.known:
-            await model.refresh()
-            if model.known:
-                break
+        while not await model.refresh():
             await asyncio.sleep(0.2)
         if not state.ready:
             state.ready = True
@@ -263,7 +264,7 @@ async def watch_models(models: Sequence[RemoteModel], state: ServiceState) -> As
     async with AsyncExitStack() as stack:
         for model in models:
             await stack.enter_async_context(background(refresh(model)))
-        yield
+        yield models
 
 
 def input_width(models: Sequence[RemoteModel]) -> int:

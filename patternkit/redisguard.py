@@ -14,17 +14,29 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import Field
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from patternkit.service import Metrics
+from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.redisguard")
 
 # what a failed Redis call raises (a refused or dropped connection is an OSError too)
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+
+
+class RedisCacheSettings(ServiceSettings):
+    """A service with a Redis cache it may lose: where it is, how long an entry lives (set the
+    default per service), the per-call timeout and how long Redis is skipped after an error."""
+
+    cache_redis_url: str = Field(..., description="Redis that holds the cache")
+    cache_ttl_s: float = Field(60.0, gt=0, description="lifetime of a cached entry")
+    redis_timeout_ms: int = Field(200, gt=0, description="connect and socket timeout for Redis")
+    cache_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip it this long")
 
 
 def async_redis(url: str, timeout_ms: int) -> Redis:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any, ClassVar, get_args, get_origin, get_type_hints
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -128,3 +128,20 @@ class Metrics:
             for key, value in sums.items():
                 _put(out, key.split("."), _number(value))
         return out
+
+
+class CounterSet:
+    """A service's plain counts as typed attributes, each a Counter declared once.
+
+    Subclass it with a `PREFIX` and fields `name: Annotated[Counter, "doc"]`; `Sub(metrics)`
+    declares `{PREFIX}_{name}` on the registry with `/stats` at `name`, so a route writes
+    `counts.writes.inc()` and /stats and /metrics show the same number.
+    """
+
+    PREFIX: ClassVar[str] = ""
+
+    def __init__(self, metrics: Metrics) -> None:
+        for name, hint in get_type_hints(type(self), include_extras=True).items():
+            if get_origin(hint) is Annotated:
+                _, doc = get_args(hint)[:2]
+                setattr(self, name, metrics.counter(f"{self.PREFIX}_{name}", str(doc), stat=name))

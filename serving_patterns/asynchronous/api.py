@@ -24,15 +24,14 @@ from patternkit.models import input_schema
 from patternkit.predictor import parse_batch
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 from serving_patterns.asynchronous.worker import QUEUE, TASK_NAME
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(BatchSettings):
     service_name: str = "api"
     redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
     model_path: str = Field(..., description="model directory; only its manifest is read")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
     job_ttl_s: int = Field(86_400, gt=0, description="how long a job's record is kept")
 
 

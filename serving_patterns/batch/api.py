@@ -14,7 +14,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict, TypeVar
 
 import sqlalchemy as sa
@@ -31,7 +30,7 @@ from patternkit.jobs import QUEUE_ERRORS, connect_producer, make_celery
 from patternkit.schemas import RowIdPath
 from patternkit.service import (
     ApiError,
-    Metrics,
+    CounterSet,
     ServiceState,
     create_service,
     error_response,
@@ -78,23 +77,13 @@ class ApiSettings(ServiceSettings):
         return self.database_url or database_url(self.run_dir, "batch")
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(CounterSet):
     """The API's counts, each declared once: on /metrics and, by name, on /stats."""
 
-    rows_added: Counter
-    jobs_submitted: Counter
-    reruns_submitted: Counter
-
-    @classmethod
-    def declare(cls, metrics: Metrics) -> Counts:
-        return cls(
-            metrics.counter("batch_rows_added", "rows added by POST /rows", stat="rows_added"),
-            metrics.counter("batch_jobs_submitted", "on-demand jobs (POST /jobs)",
-                            stat="jobs_submitted"),
-            metrics.counter("batch_reruns_submitted", "reruns (POST /jobs/{id}/rerun)",
-                            stat="reruns_submitted"),
-        )
+    PREFIX = "batch"
+    rows_added: Annotated[Counter, "rows added by POST /rows"]
+    jobs_submitted: Annotated[Counter, "on-demand jobs (POST /jobs)"]
+    reruns_submitted: Annotated[Counter, "reruns (POST /jobs/{id}/rerun)"]
 
 
 class Resources(TypedDict):
@@ -256,7 +245,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             dwh=engine.url.render_as_string(hide_password=True),
         )
         try:
-            yield {"engine": engine, "celery": celery, "counts": Counts.declare(state.metrics)}
+            yield {"engine": engine, "celery": celery, "counts": Counts(state.metrics)}
         finally:
             celery.close()
             engine.dispose()

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
 import sqlalchemy as sa
@@ -25,7 +24,7 @@ from redis.asyncio import Redis
 from patternkit.db import make_engine
 from patternkit.redisguard import REDIS_ERRORS, async_redis
 from patternkit.schemas import FiniteFloat
-from patternkit.service import ApiError, Metrics, ServiceState, create_service, json_response
+from patternkit.service import ApiError, CounterSet, ServiceState, create_service, json_response
 from serving_patterns.data_cache.cache import invalidate
 from serving_patterns.data_cache.items import (
     ITEMS,
@@ -58,28 +57,15 @@ class ItemWrite(BaseModel):
     features: Annotated[list[FiniteFloat], Field(min_length=N_FEATURES, max_length=N_FEATURES)]
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(CounterSet):
     """The DWH's counts, each declared once: on /metrics and, by name, on /stats."""
 
-    queries: Counter
-    rows_read: Counter
-    writes: Counter
-    invalidations: Counter
-    invalidation_errors: Counter
-
-    @classmethod
-    def declare(cls, metrics: Metrics) -> Counts:
-        def count(name: str, doc: str) -> Counter:
-            return metrics.counter(f"data_cache_dwh_{name}", doc, stat=name)
-
-        return cls(
-            count("queries", "read queries"),
-            count("rows_read", "rows the read queries returned"),
-            count("writes", "rows written (PUT /items/{id})"),
-            count("invalidations", "cache entries invalidated after a write"),
-            count("invalidation_errors", "writes whose cache entry could not be invalidated"),
-        )
+    PREFIX = "data_cache_dwh"
+    queries: Annotated[Counter, "read queries"]
+    rows_read: Annotated[Counter, "rows the read queries returned"]
+    writes: Annotated[Counter, "rows written (PUT /items/{id})"]
+    invalidations: Annotated[Counter, "cache entries invalidated after a write"]
+    invalidation_errors: Annotated[Counter, "writes whose cache entry could not be invalidated"]
 
 
 class Resources(TypedDict):
@@ -136,7 +122,7 @@ def create_app(settings: DwhSettings | None = None) -> FastAPI:
                               database=where)
         log.info("DWH %s: %d items in %s", where, n_items, ITEMS.name)
         try:
-            yield {"engine": engine, "redis": redis, "counts": Counts.declare(state.metrics)}
+            yield {"engine": engine, "redis": redis, "counts": Counts(state.metrics)}
         finally:
             await redis.aclose()
             engine.dispose()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from patternkit.backends import RemoteModel, timed_call
 from patternkit.proxy import Upstream, error_message
+from patternkit.redisguard import RedisCacheSettings
 from patternkit.service import (
     ApiError,
     Metrics,
@@ -29,22 +30,19 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
 from serving_patterns.data_cache.cache import FeatureCache
 from serving_patterns.data_cache.items import MAX_ID, N_FEATURES
 
 log = logging.getLogger("data_cache.proxy")
 
-class ProxySettings(ServiceSettings):
-    """The proxy: where the predictor, the DWH and the cache are, and how long entries live."""
+
+class ProxySettings(RedisCacheSettings):
+    """The proxy: where the predictor and the DWH are (Redis: RedisCacheSettings)."""
 
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="base URL of the predictor")
     dwh_url: str = Field(..., description="base URL of the DWH's item API")
-    cache_redis_url: str = Field(..., description="Redis that holds the cached features")
     cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached item")
-    redis_timeout_ms: int = Field(200, gt=0, description="connect and socket timeout for Redis")
-    cache_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip it this long")
     backend_timeout_ms: int = Field(5000, gt=0, description="DWH and predictor call timeout")
 
 

@@ -41,10 +41,10 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 
-class FanOutSettings(ServiceSettings):
+class FanOutSettings(BatchSettings):
     """Which models to ask (in class order) and how long to wait for each."""
 
     service_name: str = "proxy"
@@ -52,7 +52,6 @@ class FanOutSettings(ServiceSettings):
         ..., description="name=url,... of one-vs-rest predictors; the order is the class order"
     )
     backend_timeout_ms: int = Field(800, gt=0, description="deadline of each backend call")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
     @field_validator("backends")
     @classmethod
@@ -86,8 +85,7 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
         state.metadata.update(backends={b.name: b.url for b in backends},
                               backend_timeout_ms=cfg.backend_timeout_ms, classes=names)
         # the row width comes from the models' /metadata: ready once one of them is known
-        models = [RemoteModel(upstream, b.url, name=b.name) for b in backends]
-        async with watch_models(models, state):
+        async with watch_models(upstream, backends, state) as models:
             yield {"models": models}
 
     app = create_service(cfg, title="microservice horizontal: fan-out proxy", lifespan=lifespan,

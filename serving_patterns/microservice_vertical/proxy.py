@@ -24,20 +24,19 @@ from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ServiceState, create_service, fast_route, json_response, request_id
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 CLASSES = ("setosa", "versicolor", "virginica")
 SETOSA = 1  # stage 1's positive label: the row is setosa
 
 
-class ChainProxySettings(ServiceSettings):
+class ChainProxySettings(BatchSettings):
     """Where the two stages are and how long each may take."""
 
     service_name: str = "proxy"
     stage1_url: str = Field(..., description="base URL of stage 1 (iris_setosa)")
     stage2_url: str = Field(..., description="base URL of stage 2 (versicolor_vs_virginica)")
     stage_timeout_ms: int = Field(2000, gt=0, description="deadline of each stage call")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
 STAGES = ("stage1", "stage2")
@@ -57,8 +56,7 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
         state.metadata.update(stages=[stage1.url, stage2.url],
                               stage_timeout_ms=cfg.stage_timeout_ms, classes=list(CLASSES))
         # the row width comes from the models' /metadata: ready once one of them is known
-        models = [RemoteModel(upstream, b.url, name=b.name) for b in [stage1, stage2]]
-        async with watch_models(models, state):
+        async with watch_models(upstream, [stage1, stage2], state) as models:
             yield {"models": models}
 
     app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan,

@@ -14,9 +14,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import orjson
 from fastapi import FastAPI, Request
@@ -32,18 +31,18 @@ from patternkit.proxy import Upstream, error_message
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
-    Metrics,
+    CounterSet,
     ServiceState,
     add_fast_route,
     create_service,
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 from serving_patterns.multiple_stage_prediction.worker import QUEUE, TASK_NAME
 
 
-class StageProxySettings(ServiceSettings):
+class StageProxySettings(BatchSettings):
     """The proxy: where the light predictor and Redis are, and how long the light stage may take."""
 
     service_name: str = "proxy"
@@ -53,7 +52,6 @@ class StageProxySettings(ServiceSettings):
         ..., description="the heavy model's directory; only its manifest is read"
     )
     light_timeout_ms: int = Field(500, gt=0, description="the light stage's time budget")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
     job_ttl_s: int = Field(86_400, gt=0, description="how long a heavy job's record is kept")
 
 
@@ -66,27 +64,14 @@ def stage_error(status: int, error: str, message: str) -> dict[str, Any]:
     return {"status": status, "error": error, "message": message}
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(CounterSet):
     """The proxy's counts, each declared once: on /metrics and, by name, on /stats."""
 
-    light_answers: Counter
-    light_failures: Counter
-    submitted: Counter
-    queue_failures: Counter
-
-    @classmethod
-    def declare(cls, metrics: Metrics) -> Counts:
-        return cls(
-            metrics.counter("multiple_stage_light_answers", "requests the light model answered",
-                            stat="light_answers"),
-            metrics.counter("multiple_stage_light_failures",
-                            "requests the light predictor failed", stat="light_failures"),
-            metrics.counter("multiple_stage_heavy_submitted", "heavy jobs queued",
-                            stat="submitted"),
-            metrics.counter("multiple_stage_queue_failures",
-                            "requests whose heavy job the queue refused", stat="queue_failures"),
-        )
+    PREFIX = "multiple_stage"
+    light_answers: Annotated[Counter, "requests the light model answered"]
+    light_failures: Annotated[Counter, "requests the light predictor failed"]
+    submitted: Annotated[Counter, "heavy jobs queued"]
+    queue_failures: Annotated[Counter, "requests whose heavy job the queue refused"]
 
 
 class Resources(TypedDict):
@@ -204,7 +189,7 @@ def create_app(settings: StageProxySettings | None = None) -> FastAPI:
         try:
             yield {"queue": queue, "n_features": int(schema["n_features"]),
                    "light_url": cfg.light_url.rstrip("/") + "/predict",
-                   "counts": Counts.declare(state.metrics)}
+                   "counts": Counts(state.metrics)}
         finally:
             queue.close()
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from patternkit.backends import RemoteModel, timed_call
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
-from patternkit.redisguard import REDIS_ERRORS, RedisGuard, async_redis
+from patternkit.redisguard import REDIS_ERRORS, RedisCacheSettings, RedisGuard, async_redis
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
@@ -37,23 +37,18 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 log = logging.getLogger("prediction_cache.proxy")
 
 
-class CacheProxySettings(ServiceSettings):
-    """The proxy: where the predictor and Redis are, and how long a prediction stays cached."""
+class CacheProxySettings(RedisCacheSettings, BatchSettings):
+    """The proxy: where the predictor is (Redis: RedisCacheSettings, CACHE_TTL_S 60 s)."""
 
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="base URL of the predictor")
-    cache_redis_url: str = Field(..., description="Redis that holds the cached predictions")
-    cache_ttl_s: float = Field(60.0, gt=0, description="lifetime of a cached prediction")
     version_refresh_s: float = Field(5.0, gt=0, description="re-read the predictor's /metadata")
-    redis_timeout_ms: int = Field(200, gt=0, description="connect and socket timeout for Redis")
-    cache_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip it this long")
     backend_timeout_ms: int = Field(5000, gt=0, description="predictor call timeout")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
 def cache_key(version: str, X: np.ndarray) -> str:

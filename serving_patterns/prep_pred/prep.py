@@ -27,19 +27,18 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 from patternkit.transform import OnnxTransform
 from serving_patterns.prep_pred.lineage import publish_run_id
 
 
-class PrepSettings(ServiceSettings):
+class PrepSettings(BatchSettings):
     """Which scaler artifact to load and which faults to inject."""
 
     service_name: str = "prep"
     model_path: str = Field(..., description="the scaler's directory (model.onnx + manifest)")
     delay_ms: int = Field(0, ge=0, description="added latency per /transform call")
     fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
 class TransformResponse(BaseModel):
