@@ -7,9 +7,11 @@ an `ApiError` with a 502/503/504 naming the backend, never a 500. S6 chains thes
 runs them in parallel and turns each failure into a named gap in a partial answer
 (serving_patterns.microservice_vertical and microservice_horizontal).
 
-`timed_call` is the one timed HTTP call under them; `RemoteModel` is a predictor as a proxy
-sees it: its version, input width and batch limit learned from its `/metadata` and refreshed
-in the background (S8), so no proxy keeps its own way of knowing them.
+`call_backend` is the timed call with that failure mapping under it (SA2's router passes the
+replies on), `timed_call` the one timed HTTP call under all of them; `RemoteModel` is a
+predictor as a proxy sees it: its version, input width and batch limit learned from its
+`/metadata` and refreshed in the background (S8), so no proxy keeps its own way of knowing
+them; `watch_models` and `input_width` do it for a proxy of several (S6, S7).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,7 @@ from pydantic import ValidationError
 
 from patternkit.proxy import Reply, Upstream, error_message
 from patternkit.schemas import PredictResponse
-from patternkit.service import ApiError
+from patternkit.service import ApiError, ServiceState, background
 
 log = logging.getLogger("patternkit.backends")
 
@@ -80,10 +83,11 @@ class BackendFailed(ApiError):
     """A backend gave no usable answer; the message and `details` name it and say why."""
 
     def __init__(
-        self, backend: Backend, status: int, error: str, reason: str, ms: float
+        self, backend: Backend, status: int, error: str, reason: str, ms: float,
+        who: str | None = None,
     ) -> None:
         super().__init__(
-            status, f"{backend.name}: {reason}", error,
+            status, f"{who or backend.name}: {reason}", error,
             [{"backend": backend.name, "url": backend.url, "reason": reason}],
         )
         self.backend = backend
@@ -105,11 +109,16 @@ async def timed_call(
     return reply, round((time.perf_counter() - started) * 1000, 1)
 
 
-async def call_model(
-    upstream: Upstream, backend: Backend, X: np.ndarray, rid: str | None, timeout_s: float
-) -> ModelReply:
-    """POST the rows `X` to the backend's /predict within `timeout_s`, or raise BackendFailed."""
-    body = orjson.dumps({"data": X}, option=orjson.OPT_SERIALIZE_NUMPY)
+async def call_backend(
+    upstream: Upstream, backend: Backend, method: str, url: str, *, body: bytes | None = None,
+    rid: str | None = None, timeout_s: float, who: str | None = None,
+) -> tuple[Reply, float]:
+    """One call to `backend` within `timeout_s`: its reply (below 500) and the milliseconds.
+
+    No answer in time is a 504 `backend_timeout`, no answer at all (refused, dropped) a 502,
+    a 5xx reply a 502 `backend_error` (a 503 stays a 503): each a `BackendFailed` whose
+    message starts with `who` (default: the backend's name) and whose details name it.
+    """
     started = time.perf_counter()
 
     def took() -> float:
@@ -117,24 +126,39 @@ async def call_model(
 
     try:
         async with asyncio.timeout(timeout_s):
-            reply = await upstream.call(
-                "POST", backend.predict_url, body=body, rid=rid, timeout_s=timeout_s
-            )
+            reply = await upstream.call(method, url, body=body, rid=rid, timeout_s=timeout_s)
     except (TimeoutError, ApiError) as exc:
         if isinstance(exc, TimeoutError) or exc.status == 504:
             raise BackendFailed(
                 backend, 504, "backend_timeout",
-                f"no answer within {timeout_s * 1000:.0f} ms", took(),
+                f"no answer within {timeout_s * 1000:.0f} ms", took(), who,
             ) from None
-        cause = exc.message.rsplit(": ", 1)[-1]  # e.g. connection refused
+        cause = exc.message.rsplit(": ", 1)[-1]  # e.g. connection refused, connection dropped
+        # refused: nothing listens there; dropped: it took the call and died before answering
+        what = "gave no answer at" if cause == "connection dropped" else "unreachable at"
         raise BackendFailed(
-            backend, 502, exc.error, f"unreachable at {backend.url} ({cause})", took()
+            backend, 502, exc.error, f"{what} {backend.url} ({cause})", took(), who,
         ) from None
     ms = took()
-    if reply.status != 200:
-        status = 503 if reply.status == 503 else 502
+    if reply.status >= 500:
         raise BackendFailed(
-            backend, status, "backend_error",
+            backend, 503 if reply.status == 503 else 502, "backend_error",
+            f"answered {reply.status}: {error_message(reply.body)}", ms, who,
+        )
+    return reply, ms
+
+
+async def call_model(
+    upstream: Upstream, backend: Backend, X: np.ndarray, rid: str | None, timeout_s: float
+) -> ModelReply:
+    """POST the rows `X` to the backend's /predict within `timeout_s`, or raise BackendFailed."""
+    body = orjson.dumps({"data": X}, option=orjson.OPT_SERIALIZE_NUMPY)
+    reply, ms = await call_backend(
+        upstream, backend, "POST", backend.predict_url, body=body, rid=rid, timeout_s=timeout_s
+    )
+    if reply.status != 200:
+        raise BackendFailed(
+            backend, 502, "backend_error",
             f"answered {reply.status}: {error_message(reply.body)}", ms,
         )
     try:
@@ -217,3 +241,35 @@ class RemoteModel:
     async def predict(self, X: np.ndarray, rid: str | None, timeout_s: float) -> ModelReply:
         """`call_model` on this predictor."""
         return await call_model(self.upstream, self.backend, X, rid, timeout_s)
+
+
+@asynccontextmanager
+async def watch_models(
+    upstream: Upstream, backends: Sequence[Backend], state: ServiceState
+) -> AsyncIterator[list[RemoteModel]]:
+    """The backends as RemoteModels, refreshed in the background for the block (a lifespan);
+    the service turns ready (200 on /ready) once one of them is known. For a proxy of several
+    predictors started with `auto_ready=False`."""
+    models = [RemoteModel(upstream, b.url, name=b.name) for b in backends]
+
+    async def refresh(model: RemoteModel) -> None:
+        while not await model.refresh():
+            await asyncio.sleep(0.2)
+        if not state.ready:
+            state.ready = True
+            log.info("ready: %s %s takes %s features", model.backend.name, model.version,
+                     model.n_features)
+        await model.run()
+
+    async with AsyncExitStack() as stack:
+        for model in models:
+            await stack.enter_async_context(background(refresh(model)))
+        yield models
+
+
+def input_width(models: Sequence[RemoteModel]) -> int:
+    """The row width the first known model takes (they take the same rows); a 503 before."""
+    for model in models:
+        if model.n_features is not None:
+            return model.n_features
+    raise ApiError(503, "the proxy does not know the models' input width yet", "not_ready")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 
 
@@ -56,6 +57,12 @@ class Faults:
     def check(self) -> None:
         if self.should_fail():
             raise InjectedFault(f"injected failure ({self.mode}, call {self.calls})")
+
+    def apply_sync(self) -> None:
+        """Sleep DELAY_MS, then fail if FAIL_MODE says so (a worker's blocking job)."""
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1000)
+        self.check()
 
     async def apply(self) -> None:
         """Sleep DELAY_MS, then fail if FAIL_MODE says so (async services)."""

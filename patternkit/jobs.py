@@ -26,20 +26,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 import redis
 from celery import Celery, bootsteps
+from celery.signals import celeryd_init, setup_logging
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import Field, model_validator
 
-from patternkit import heartbeat
+from patternkit import heartbeat, logs
 from patternkit.faults import Faults, InjectedFault
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.jobs")
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+# what a producer sees when Redis (the broker and the job records) is down
+QUEUE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, BrokerError)
 
 # Count an attempt and mark the job running, unless it already finished (a duplicate
 # delivery): returns the attempt number, or 0 for a finished job.
@@ -207,13 +212,49 @@ def beat_while_consuming(
     app.steps["consumer"].add(Heartbeat)
 
 
-def make_worker(queue: str, settings: WorkerSettings, **overrides: Any) -> Celery:
+def log_like_services(service: str) -> None:
+    """Let `patternkit.logs.configure()` set up a worker's logging, not Celery.
+
+    Celery configures logging itself unless a receiver of its `setup_logging` signal does;
+    this one does (LOG_FORMAT, LOG_LEVEL, the service name), so a worker's lines look like
+    every other process's: text, or one JSON object a line. It runs on `celeryd_init` too,
+    which comes first, so that the worker's start-up warnings are in that format as well.
+    """
+
+    def configure(**_: Any) -> None:
+        logs.configure(service=service)
+
+    def on_init(instance: Any = None, **_: Any) -> None:
+        configure()
+        if logs.json_format() and instance is not None:
+            instance.quiet = True  # the start-up banner is plain text on stdout: not in JSON
+
+    celeryd_init.connect(on_init, weak=False, dispatch_uid="patternkit.jobs.logging")
+    setup_logging.connect(configure, weak=False, dispatch_uid="patternkit.jobs.logging")
+
+
+class Opens(Protocol):
+    """What a worker process opens once (a model, a DB pool) and closes when it stops."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_worker(
+    queue: str, settings: WorkerSettings, opens: Opens | None = None, **overrides: Any
+) -> Celery:
     """A worker process's Celery app: `make_celery(queue)` on the settings' broker and
-    visibility timeout, with a heartbeat while it consumes when HEARTBEAT_FILE is set."""
+    visibility timeout, logging configured by `patternkit.logs` (`log_like_services`), with
+    a heartbeat while it consumes when HEARTBEAT_FILE is set, and `opens` opened once per
+    process before it logs "ready." (`open_on_start`)."""
+    log_like_services(settings.served_by)
     app = make_celery(
         queue, settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
         **overrides,
     )
+    if opens is not None:
+        open_on_start(app, opens.open, opens.close)
     if settings.heartbeat_file:
         beat_while_consuming(app, settings.heartbeat_file, settings.heartbeat_interval_s)
     return app
@@ -334,6 +375,15 @@ class JobStore:
         self.client.close()
 
 
+def connect_producer(app: Celery) -> None:
+    """Open a producer's broker connection and declare its default queue now, so that a
+    service fails at start-up, not on its first job, when the broker is not there."""
+    _ = app.backend  # imports the (disabled) result backend's class now
+    with app.producer_pool.acquire(block=True) as producer:
+        producer.connection.ensure_connection(max_retries=3)
+        producer.maybe_declare(app.amqp.queues[app.conf.task_default_queue])
+
+
 class JobQueue:
     """The producer side: record a job as pending, then send its task message by name."""
 
@@ -342,14 +392,23 @@ class JobQueue:
         self.store = store
         self.task_name = task_name
 
+    @classmethod
+    def open(cls, queue: str, redis_url: str, task_name: str, ttl_s: int = 86_400) -> JobQueue:
+        """The producer of `task_name` on `queue`, its job records in the same Redis, connected
+        now (`connect`), so that a service fails at start-up when Redis is not there."""
+        store = JobStore.from_url(redis_url, queue, ttl_s)
+        jobs = cls(make_celery(queue, redis_url), store, task_name)
+        try:
+            jobs.connect()
+        except Exception:
+            jobs.close()
+            raise
+        return jobs
+
     def connect(self) -> None:
         """Open the broker connection and declare the queue now, not on the first submit."""
         self.store.client.ping()
-        _ = self.app.backend  # imports the (disabled) result backend's class now
-        with self.app.producer_pool.acquire(block=True) as producer:
-            producer.connection.ensure_connection(max_retries=3)
-            queue = self.app.amqp.queues[self.app.conf.task_default_queue]
-            producer.maybe_declare(queue)
+        connect_producer(self.app)
 
     def submit(self, *args: Any, job_id: str | None = None) -> str:
         """Enqueue `task_name(job_id, *args)`; returns the job id (also the Celery task id)."""

@@ -71,6 +71,11 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+def json_format() -> bool:
+    """Whether LOG_FORMAT asks for one JSON object a line."""
+    return (os.environ.get("LOG_FORMAT") or "text").lower() == "json"
+
+
 def configure(
     service: str | None = None, level: str | None = None, fmt: str | None = None
 ) -> None:
@@ -87,6 +92,7 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings are records too (py.warnings), in the same format
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
     access_on = env.get("ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
     logging.getLogger("patternkit.access").setLevel(logging.INFO if access_on else logging.WARNING)

@@ -297,6 +297,18 @@ class OnnxModel(OnnxArtifact):
         labels, probabilities = self.session.run(None, {self.input_name: X})
         return Prediction(labels=labels, probabilities=probabilities)
 
+    def answer(self, X: np.ndarray, served_by: str, request_id: str | None) -> dict[str, Any]:
+        """The template predictor's reply for the rows `X` (a worker's job result likewise)."""
+        out = self.predict(X)
+        return {
+            "prediction": out.labels,
+            "probabilities": out.probabilities,
+            "model": self.name,
+            "version": self.version,
+            "served_by": served_by,
+            "request_id": request_id,
+        }
+
 
 def read_verified_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(model file, manifest) for an artifact whose file matches the manifest's sha256."""
@@ -314,6 +326,18 @@ def read_verified_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
             f"file is {actual}"
         )
     return model_path, manifest
+
+
+def input_schema(path: str | Path) -> dict[str, Any]:
+    """The `input_schema` of an artifact's manifest (`n_features`, ...), read without the model:
+    for a service that validates rows for a model another process runs (a job queue)."""
+    _, manifest_path = resolve_artifact(path)
+    try:
+        schema: dict[str, Any] = json.loads(manifest_path.read_text())["input_schema"]
+        int(schema["n_features"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"no input schema in {manifest_path}: {exc}") from exc
+    return schema
 
 
 def resolve_artifact(path: str | Path) -> tuple[Path, Path]:

@@ -65,6 +65,14 @@ def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray
     return np.asarray(req.data, dtype=np.float32), req.request_id
 
 
+async def apply_faults(faults: Faults) -> None:
+    """DELAY_MS, then FAIL_MODE's injected failure as a 500 `injected_fault` (a served call)."""
+    try:
+        await faults.apply()
+    except InjectedFault as exc:
+        raise ApiError(500, str(exc), "injected_fault") from None
+
+
 @dataclass
 class ModelSlot:
     """The model a route serves, in the lifespan state: empty until it has loaded."""
@@ -88,21 +96,8 @@ def add_predict_route(
         if model is None:
             raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
-        try:
-            await faults.apply()
-        except InjectedFault as exc:
-            raise ApiError(500, str(exc), "injected_fault") from None
-        out = model.predict(X)
-        return json_response(
-            {
-                "prediction": out.labels,
-                "probabilities": out.probabilities,
-                "model": model.name,
-                "version": model.version,
-                "served_by": state.served_by,
-                "request_id": rid or request_id(request),
-            }
-        )
+        await apply_faults(faults)
+        return json_response(model.answer(X, state.served_by, rid or request_id(request)))
 
     add_fast_route(
         app, path, predict, ["POST"],
@@ -113,7 +108,7 @@ def add_predict_route(
 
 def create_app(
     settings: PredictorSettings | None = None,
-    on_load: Callable[[ServiceState, OnnxModel], None] | None = None,
+    on_load: Callable[[ServiceState, OnnxModel], object] | None = None,
 ) -> FastAPI:
     """The template predictor app (uvicorn --factory patternkit.predictor:create_app).
 

@@ -26,12 +26,17 @@ class ServiceSettings(BaseSettings):
         return self.instance_name or self.service_name
 
 
-class PredictorSettings(ServiceSettings):
+class BatchSettings(ServiceSettings):
+    """A service that takes batches of rows: how many one request may hold."""
+
+    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
+
+
+class PredictorSettings(BatchSettings):
     """The template predictor: which model to load and which faults to inject."""
 
     service_name: str = "predictor"
     model_path: str = Field(..., description="model directory or .onnx file with a manifest")
     delay_ms: int = Field(0, ge=0, description="added latency per /predict call")
     fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
     load_delay_ms: int = Field(0, ge=0, description="extra time before /ready turns 200")

@@ -3,6 +3,7 @@ is their readiness and healthcheck, and the worker settings of patternkit.jobs."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -225,3 +226,20 @@ def test_worker_settings_refuse_a_visibility_timeout_shorter_than_a_job() -> Non
     ok = WorkerSettings(redis_url="redis://x", delay_ms=6000, visibility_timeout_s=7)
     assert ok.faults().delay_ms == 6000
     assert ok.heartbeat_file is None  # set by the topology, never needed by hand
+
+
+def test_a_worker_logs_one_json_object_a_line_with_log_format_json(tmp_path: Path) -> None:
+    if os.environ.get("REDIS_URL"):
+        pytest.skip("REDIS_URL points at an external server")
+    t = topo({"w": {"worker": "tests.tiny_worker", "depends_on": ["redis"],
+                    "env": {"REDIS_URL": "{redis.url}", "LOG_FORMAT": "json"}}},
+             backing={"redis": {"kind": "redis"}})
+    with Stack(t, tmp_path) as stack:
+        wait_until(lambda: "ready." in stack.log_tail("w"), 30, what="the worker's ready line")
+        text = stack.proc("w").log_path.read_text()
+    # the runner marks each start with a "--- start" line; the worker wrote the rest
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("--- ")]
+    records = [json.loads(line) for line in lines]  # every line: no banner, no Celery format
+    ready = [r for r in records if r["message"].endswith("ready.")]
+    assert ready and ready[0]["service"] == "w" and ready[0]["level"] == "INFO"
+    assert {"time", "logger", "request_id"} <= set(ready[0])

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from prometheus_client import Counter
 from pydantic import Field, field_validator
 
-from patternkit.backends import Backend, parse_backends
+from patternkit.backends import Backend, call_backend, parse_backends
 from patternkit.predictor import PREDICT_OPENAPI
-from patternkit.proxy import Reply, Upstream, error_message
-from patternkit.service import ApiError, ServiceState, create_service
+from patternkit.proxy import Upstream
+from patternkit.service import ApiError, ServiceState, create_service, request_id
 from patternkit.settings import ServiceSettings
 
 
@@ -37,67 +38,57 @@ class RouterSettings(ServiceSettings):
         return value
 
 
+class Resources(TypedDict):
+    """What the route reads from the lifespan state (`request.state.<name>`)."""
+
+    backends: dict[str, Backend]
+    calls: Counter  # by model and outcome: /stats "models"
+
+
+async def predict(model: str, request: Request) -> Response:
+    cfg: RouterSettings = request.state.settings
+    backends: dict[str, Backend] = request.state.backends
+    backend = backends.get(model)
+    if backend is None:
+        raise ApiError(
+            404, f"no model {model!r}; known models: {', '.join(backends)}", "unknown_model"
+        )
+    try:
+        reply, _ = await call_backend(
+            request.state.upstream, backend, request.method, backend.predict_url,
+            body=await request.body(), rid=request_id(request),
+            timeout_s=cfg.backend_timeout_ms / 1000, who=f"model {backend.name}",
+        )
+    except ApiError:
+        request.state.calls.labels(model, "failed").inc()
+        raise
+    request.state.calls.labels(model, "answered").inc()
+    return reply.response()
+
+
 def create_app(settings: RouterSettings | None = None) -> FastAPI:
     cfg = settings or RouterSettings()
     backends = {b.name: b for b in parse_backends(cfg.backends)}
-    res: dict[str, Upstream] = {}
-    counts: dict[str, dict[str, int]] = {name: {"answered": 0, "failed": 0} for name in backends}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(cfg.backend_timeout_ms / 1000)
-        state.stats["models"] = counts
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         state.metadata.update(backends={b.name: b.url for b in backends.values()},
                               backend_timeout_ms=cfg.backend_timeout_ms)
-        yield
-        await res["upstream"].aclose()
+        calls = state.metrics.counter(
+            "all_in_one_router_calls", "forwarded calls by model and outcome",
+            {"model": list(backends), "outcome": ("answered", "failed")}, stat="models",
+        )
+        yield {"backends": backends, "calls": calls}
 
     app = create_service(cfg, title="all-in-one fix: router to one service per model",
-                         lifespan=lifespan)
-
-    async def forward(backend: Backend, request: Request) -> Reply:
-        details: list[dict[str, Any]] = [{"backend": backend.name, "url": backend.url}]
-        try:
-            reply = await res["upstream"].forward(request, backend.predict_url)
-        except ApiError as exc:
-            if exc.status == 504:
-                raise ApiError(
-                    504, f"model {backend.name} did not answer within "
-                    f"{cfg.backend_timeout_ms} ms", exc.error, details,
-                ) from None
-            cause = exc.message.rsplit(": ", 1)[-1]  # e.g. connection refused, connection dropped
-            raise ApiError(
-                502, f"model {backend.name} gave no answer ({cause}) at {backend.url}",
-                exc.error, details,
-            ) from None
-        if reply.status >= 500:
-            raise ApiError(
-                503 if reply.status == 503 else 502,
-                f"model {backend.name} answered {reply.status}: {error_message(reply.body)}",
-                "backend_error", details,
-            )
-        return reply
-
-    @app.post(
+                         lifespan=lifespan,
+                         upstreams={"upstream": Upstream(cfg.backend_timeout_ms / 1000)})
+    app.post(
         "/predict/{model}",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={404: {"description": "no such model"}, 413: {}, 422: {},
                    502: {"description": "the model's service crashed or is down; named"},
                    504: {"description": "the model's service missed BACKEND_TIMEOUT_MS"}},
-    )
-    async def predict(model: str, request: Request) -> Response:
-        backend = backends.get(model)
-        if backend is None:
-            raise ApiError(
-                404, f"no model {model!r}; known models: {', '.join(backends)}", "unknown_model"
-            )
-        try:
-            reply = await forward(backend, request)
-        except ApiError:
-            counts[model]["failed"] += 1
-            raise
-        counts[model]["answered"] += 1
-        return reply.response()
-
+    )(predict)
     return app

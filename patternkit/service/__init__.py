@@ -30,7 +30,7 @@ from patternkit.service.errors import (
     request_id,
     validation_error,
 )
-from patternkit.service.metrics import Metrics
+from patternkit.service.metrics import CounterSet, Metrics
 from patternkit.service.middleware import (
     DRAIN_FACTOR,
     DRAIN_TIMEOUT_S,
@@ -50,6 +50,7 @@ __all__ = [
     "ApiError",
     "BodyTooLarge",
     "Closable",
+    "CounterSet",
     "Endpoint",
     "Lifespan",
     "Metrics",

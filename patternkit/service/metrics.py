@@ -4,14 +4,16 @@
 its known label values created at zero (so every series is on `/metrics` from start-up, as
 Prometheus advises for labels you know), and optionally a `stat` path: `/stats` shows the
 metric's current value there, read from the same registry. A labelled metric shows as a dict
-per label value (nested in label order), or, with `total=True`, as the sum over its labels.
+per label value (nested in label order), or, with `total=True`, as the sum over its labels;
+a path naming labels (`"stages.{stage}.failures"`) puts each value there, summed over the
+labels it does not name.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any, ClassVar, get_args, get_origin, get_type_hints
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -46,6 +48,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._views: list[tuple[tuple[str, ...], Callable[[], Any]]] = []
+        # stat paths naming labels, e.g. "stages.{stage}.failures": summed over the others
+        self._templates: list[tuple[str, MetricWrapperBase, str]] = []
 
     def _declare(
         self, metric: MetricWrapperBase, sample: str, labels: Labels | None,
@@ -55,7 +59,9 @@ class Metrics:
         if labels:
             for values in itertools.product(*(list(v) for v in labels.values())):
                 metric.labels(*values)
-        if stat is not None:
+        if stat is not None and "{" in stat:
+            self._templates.append((stat, metric, sample))
+        elif stat is not None:
             self._views.append((tuple(stat.split(".")), self._reader(metric, sample, names, total)))
 
     @staticmethod
@@ -112,4 +118,30 @@ class Metrics:
         out: dict[str, Any] = {}
         for path, read in self._views:
             _put(out, path, read())
+        for template, metric, sample in self._templates:
+            sums: dict[str, float] = {}
+            for m in metric.collect():
+                for s in m.samples:
+                    if s.name == sample:
+                        key = template.format(**s.labels)
+                        sums[key] = sums.get(key, 0.0) + s.value
+            for key, value in sums.items():
+                _put(out, key.split("."), _number(value))
         return out
+
+
+class CounterSet:
+    """A service's plain counts as typed attributes, each a Counter declared once.
+
+    Subclass it with a `PREFIX` and fields `name: Annotated[Counter, "doc"]`; `Sub(metrics)`
+    declares `{PREFIX}_{name}` on the registry with `/stats` at `name`, so a route writes
+    `counts.writes.inc()` and /stats and /metrics show the same number.
+    """
+
+    PREFIX: ClassVar[str] = ""
+
+    def __init__(self, metrics: Metrics) -> None:
+        for name, hint in get_type_hints(type(self), include_extras=True).items():
+            if get_origin(hint) is Annotated:
+                _, doc = get_args(hint)[:2]
+                setattr(self, name, metrics.counter(f"{self.PREFIX}_{name}", str(doc), stat=name))

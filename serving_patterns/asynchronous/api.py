@@ -10,87 +10,93 @@ was never submitted is a 404. The API never loads the model: the worker does.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypedDict
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from kombu.exceptions import OperationalError
+from prometheus_client import Counter
 from pydantic import Field
 
-from patternkit.jobs import JobQueue, JobStore, make_celery
-from patternkit.models import resolve_artifact
+from patternkit.jobs import QUEUE_ERRORS, JobQueue
+from patternkit.models import input_schema
 from patternkit.predictor import parse_batch
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 from serving_patterns.asynchronous.worker import QUEUE, TASK_NAME
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(BatchSettings):
     service_name: str = "api"
     redis_url: str = Field(..., description="Redis: the Celery broker and the job records")
     model_path: str = Field(..., description="model directory; only its manifest is read")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
     job_ttl_s: int = Field(86_400, gt=0, description="how long a job's record is kept")
+
+
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    queue: JobQueue
+    n_features: int  # the model's row width, from its manifest: the API never loads it
+    submitted: Counter
+
+
+async def submit(request: Request) -> Response:
+    cfg: ApiSettings = request.state.settings
+    queue: JobQueue = request.state.queue
+    X, rid = parse_batch(await request.body(), request.state.n_features, cfg.max_batch_rows)
+    rid = rid or request_id(request)
+    try:
+        job_id = await asyncio.to_thread(queue.submit, X.tolist(), rid)
+    except QUEUE_ERRORS as exc:  # the broker is down: not accepted
+        raise ApiError(
+            503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
+        ) from None
+    request.state.submitted.inc()
+    url = f"/result/{job_id}"
+    return json_response(
+        {"job_id": job_id, "status": "pending", "result_url": url, "request_id": rid},
+        202,
+        headers={"Location": url},
+    )
+
+
+async def result(job_id: str, request: Request) -> Response:
+    queue: JobQueue = request.state.queue
+    job = await asyncio.to_thread(queue.store.get, job_id)
+    if job is None:
+        raise ApiError(
+            404, f"no job {job_id!r}: it was never submitted, or it expired (JOB_TTL_S)",
+            "job_not_found",
+        )
+    return json_response(job.view())
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     cfg = settings or ApiSettings()
-    held: dict[str, JobQueue] = {}
-    schema: dict[str, int] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        _, manifest_path = resolve_artifact(cfg.model_path)
-        manifest = json.loads(manifest_path.read_text())
-        schema["n_features"] = int(manifest["input_schema"]["n_features"])
-        store = JobStore.from_url(cfg.redis_url, QUEUE, cfg.job_ttl_s)
-        queue = JobQueue(make_celery(QUEUE, cfg.redis_url), store, TASK_NAME)
-        await asyncio.to_thread(queue.connect)  # fail at start, not on the first job
-        held["queue"] = queue
-        state.metadata.update(queue=QUEUE, task=TASK_NAME, input_schema=manifest["input_schema"])
-        state.stats["submitted"] = 0
-        yield
-        held.pop("queue").close()
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        schema = input_schema(cfg.model_path)
+        queue = await asyncio.to_thread(  # connected now: fail at start, not on the first job
+            JobQueue.open, QUEUE, cfg.redis_url, TASK_NAME, cfg.job_ttl_s
+        )
+        state.metadata.update(queue=QUEUE, task=TASK_NAME, input_schema=schema)
+        submitted = state.metrics.counter(
+            "asynchronous_jobs_submitted", "jobs accepted (202)", stat="submitted"
+        )
+        try:
+            yield {"queue": queue, "n_features": int(schema["n_features"]),
+                   "submitted": submitted}
+        finally:
+            queue.close()
 
     app = create_service(cfg, title="asynchronous: job API", lifespan=lifespan)
-    state: ServiceState = app.state.service
-
-    @app.post(
-        "/predict",
-        status_code=202,
-        tags=["jobs"],
-        openapi_extra=PREDICT_OPENAPI,
+    app.post(
+        "/predict", status_code=202, tags=["jobs"], openapi_extra=PREDICT_OPENAPI,
         responses={413: {"description": "body or batch too large"}, 422: {}, 503: {}},
-    )
-    async def submit(request: Request) -> Response:
-        X, rid = parse_batch(await request.body(), schema["n_features"], cfg.max_batch_rows)
-        rid = rid or request_id(request)
-        try:
-            job_id = await asyncio.to_thread(held["queue"].submit, X.tolist(), rid)
-        except (redis.RedisError, OperationalError) as exc:  # the broker is down: not accepted
-            raise ApiError(
-                503, f"the job queue is unavailable: {type(exc).__name__}", "queue_unavailable"
-            ) from None
-        state.stats["submitted"] += 1
-        url = f"/result/{job_id}"
-        return json_response(
-            {"job_id": job_id, "status": "pending", "result_url": url, "request_id": rid},
-            202,
-            headers={"Location": url},
-        )
-
-    @app.get("/result/{job_id}", tags=["jobs"])
-    async def result(job_id: str) -> Response:
-        job = await asyncio.to_thread(held["queue"].store.get, job_id)
-        if job is None:
-            raise ApiError(
-                404, f"no job {job_id!r}: it was never submitted, or it expired (JOB_TTL_S)",
-                "job_not_found",
-            )
-        return json_response(job.view())
-
+    )(submit)
+    app.get("/result/{job_id}", tags=["jobs"])(result)
     return app

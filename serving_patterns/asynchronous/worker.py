@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -29,7 +28,6 @@ from patternkit.jobs import (
     describe,
     lazy_app,
     make_worker,
-    open_on_start,
     transient_errors,
 )
 from patternkit.models import OnnxModel, as_rows
@@ -102,19 +100,9 @@ class PredictionWorker:
 
     def predict(self, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
         """The sync predictor's answer for `rows`, after DELAY_MS and subject to FAIL_MODE."""
-        if self.faults.delay_ms:
-            time.sleep(self.faults.delay_ms / 1000)
-        self.faults.check()
-        X = as_rows(rows, self.model.n_features)
-        out = self.model.predict(X)
-        return {
-            "prediction": out.labels,
-            "probabilities": out.probabilities,
-            "model": self.model.name,
-            "version": self.model.version,
-            "served_by": self.cfg.served_by,
-            "request_id": request_id,
-        }
+        self.faults.apply_sync()
+        return self.model.answer(as_rows(rows, self.model.n_features), self.cfg.served_by,
+                                 request_id)
 
     def record(self, job_id: str, result: dict[str, Any], attempt: int) -> None:
         # a redelivered job that gets here again overwrites its row
@@ -157,10 +145,8 @@ class PredictionWorker:
 def create_worker(settings: PredictionWorkerSettings | None = None) -> Celery:
     """The Celery app with the predict task and the bootstep that opens the worker's resources."""
     cfg = settings or PredictionWorkerSettings()
-    app = make_worker(QUEUE, cfg)
     worker = PredictionWorker(cfg)
-
-    open_on_start(app, worker.open, worker.close)  # once per process, before "ready."
+    app = make_worker(QUEUE, cfg, opens=worker)  # opened once per process, before "ready."
 
     @app.task(bind=True, name=TASK_NAME, max_retries=cfg.max_retries)
     def predict(task: Task, job_id: str, rows: list[list[float]], request_id: str | None) -> None:

@@ -171,9 +171,7 @@ class BatchWorker:
 
     def predict_chunk(self, job_id: str, ids: list[int]) -> dwh.ChunkOutcome:
         """Predict the usable rows of a chunk; list the others with the reason."""
-        if self.faults.delay_ms:
-            time.sleep(self.faults.delay_ms / 1000)
-        self.faults.check()
+        self.faults.apply_sync()
         model = self.model_for(job_id)
         with self.engine.connect() as conn:
             inputs = dwh.read_inputs(conn, ids)

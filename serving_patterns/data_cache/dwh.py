@@ -12,17 +12,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, TypedDict
 
-from fastapi import FastAPI, Path
+import sqlalchemy as sa
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
 from patternkit.db import create_tables, make_engine
+from patternkit.redisguard import REDIS_ERRORS, async_redis
 from patternkit.schemas import FiniteFloat
-from patternkit.service import ApiError, ServiceState, create_service, json_response
-from serving_patterns.data_cache.cache import async_redis, invalidate
+from patternkit.service import ApiError, CounterSet, ServiceState, create_service, json_response
+from serving_patterns.data_cache.cache import invalidate
 from serving_patterns.data_cache.items import (
     ITEMS,
     MAX_ID,
@@ -54,58 +57,77 @@ class ItemWrite(BaseModel):
     features: Annotated[list[FiniteFloat], Field(min_length=N_FEATURES, max_length=N_FEATURES)]
 
 
+class Counts(CounterSet):
+    """The DWH's counts, each declared once: on /metrics and, by name, on /stats."""
+
+    PREFIX = "data_cache_dwh"
+    queries: Annotated[Counter, "read queries"]
+    rows_read: Annotated[Counter, "rows the read queries returned"]
+    writes: Annotated[Counter, "rows written (PUT /items/{id})"]
+    invalidations: Annotated[Counter, "cache entries invalidated after a write"]
+    invalidation_errors: Annotated[Counter, "writes whose cache entry could not be invalidated"]
+
+
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    engine: sa.Engine
+    redis: Redis
+    counts: Counts
+
+
+async def get_item(item_id: ItemId, request: Request) -> Response:
+    cfg: DwhSettings = request.state.settings
+    counts: Counts = request.state.counts
+    rows = await asyncio.to_thread(read_items, request.state.engine, [item_id])
+    counts.queries.inc()
+    counts.rows_read.inc(len(rows))
+    await asyncio.sleep(cfg.dwh_delay_ms / 1000)  # the slow part: the answer comes after the read
+    if not rows:
+        raise ApiError(404, f"item {item_id} is not in {ITEMS.name}", "item_not_found")
+    return json_response(rows[0])
+
+
+async def put_item(item_id: ItemId, body: ItemWrite, request: Request) -> Response:
+    """Write the row, then invalidate its cache entry; the TTL covers a failed invalidation."""
+    counts: Counts = request.state.counts
+    created, row = await asyncio.to_thread(write_item, request.state.engine, item_id,
+                                           body.features)
+    counts.writes.inc()
+    try:
+        await invalidate(request.state.redis, item_id)
+    except REDIS_ERRORS as exc:
+        counts.invalidation_errors.inc()
+        log.warning("item %d written, but its cache entry was not invalidated (%s: %s); "
+                    "it is served until its TTL ends", item_id, type(exc).__name__, exc)
+        invalidated = False
+    else:
+        counts.invalidations.inc()
+        invalidated = True
+    return json_response({**row, "created": created, "cache_invalidated": invalidated},
+                         201 if created else 200)
+
+
 def create_app(settings: DwhSettings | None = None) -> FastAPI:
     cfg = settings or DwhSettings()
-    delay_s = cfg.dwh_delay_ms / 1000
-    res: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        engine = res["engine"] = make_engine(cfg.database_url)
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        engine = make_engine(cfg.database_url)
         await asyncio.to_thread(create_tables, engine, METADATA)
         n_items = await asyncio.to_thread(count_items, engine)
-        res["redis"] = async_redis(cfg.cache_redis_url, cfg.redis_timeout_ms)
+        redis = async_redis(cfg.cache_redis_url, cfg.redis_timeout_ms)
         where = engine.url.render_as_string(hide_password=True)
         state.metadata.update(table=ITEMS.name, items=n_items, dwh_delay_ms=cfg.dwh_delay_ms,
                               database=where)
-        state.stats.update(queries=0, rows_read=0, writes=0, invalidations=0,
-                           invalidation_errors=0)
         log.info("DWH %s: %d items in %s", where, n_items, ITEMS.name)
         try:
-            yield
+            yield {"engine": engine, "redis": redis, "counts": Counts(state.metrics)}
         finally:
-            await res["redis"].aclose()
+            await redis.aclose()
             engine.dispose()
 
     app = create_service(cfg, title="data cache: DWH", lifespan=lifespan)
-    state: ServiceState = app.state.service
-
-    @app.get("/items/{item_id}", tags=["items"], responses={404: {}, 422: {}})
-    async def get_item(item_id: ItemId) -> Response:
-        rows = await asyncio.to_thread(read_items, res["engine"], [item_id])
-        state.stats["queries"] += 1
-        state.stats["rows_read"] += len(rows)
-        await asyncio.sleep(delay_s)  # the slow part: the answer arrives after the read
-        if not rows:
-            raise ApiError(404, f"item {item_id} is not in {ITEMS.name}", "item_not_found")
-        return json_response(rows[0])
-
-    @app.put("/items/{item_id}", tags=["items"], responses={201: {}, 422: {}})
-    async def put_item(item_id: ItemId, body: ItemWrite) -> Response:
-        """Write the row, then invalidate its cache entry; the TTL covers a failed invalidation."""
-        created, row = await asyncio.to_thread(write_item, res["engine"], item_id, body.features)
-        state.stats["writes"] += 1
-        try:
-            await invalidate(res["redis"], item_id)
-        except (RedisError, OSError) as exc:
-            state.stats["invalidation_errors"] += 1
-            log.warning("item %d written, but its cache entry was not invalidated (%s: %s); "
-                        "it is served until its TTL ends", item_id, type(exc).__name__, exc)
-            invalidated = False
-        else:
-            state.stats["invalidations"] += 1
-            invalidated = True
-        return json_response({**row, "created": created, "cache_invalidated": invalidated},
-                             201 if created else 200)
-
+    app.get("/items/{item_id}", tags=["items"], responses={404: {}, 422: {}})(get_item)
+    app.put("/items/{item_id}", tags=["items"], responses={201: {}, 422: {}})(put_item)
     return app

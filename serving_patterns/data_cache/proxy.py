@@ -12,34 +12,37 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
-import orjson
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from patternkit.proxy import Reply, Upstream
-from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
-from patternkit.settings import ServiceSettings
+from patternkit.backends import RemoteModel, timed_call
+from patternkit.proxy import Upstream, error_message
+from patternkit.redisguard import RedisCacheSettings
+from patternkit.service import (
+    ApiError,
+    Metrics,
+    ServiceState,
+    create_service,
+    json_response,
+    request_id,
+)
 from serving_patterns.data_cache.cache import FeatureCache
 from serving_patterns.data_cache.items import MAX_ID, N_FEATURES
 
 log = logging.getLogger("data_cache.proxy")
 
-PASS_HEADERS = ("x-served-by", "x-model-version")
 
-
-class ProxySettings(ServiceSettings):
-    """The proxy: where the predictor, the DWH and the cache are, and how long entries live."""
+class ProxySettings(RedisCacheSettings):
+    """The proxy: where the predictor and the DWH are (Redis: RedisCacheSettings)."""
 
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="base URL of the predictor")
     dwh_url: str = Field(..., description="base URL of the DWH's item API")
-    cache_redis_url: str = Field(..., description="Redis that holds the cached features")
     cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached item")
-    redis_timeout_ms: int = Field(200, gt=0, description="connect and socket timeout for Redis")
-    cache_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip it this long")
     backend_timeout_ms: int = Field(5000, gt=0, description="DWH and predictor call timeout")
 
 
@@ -50,99 +53,110 @@ class ItemRequest(BaseModel):
     request_id: str | None = Field(None, max_length=128)
 
 
-async def call(upstream: Upstream, what: str, method: str, url: str, **kwargs: Any) -> Reply:
-    """A backend call whose timeout (504) or refusal (502) names the backend's role."""
-    try:
-        return await upstream.call(method, url, **kwargs)
-    except ApiError as exc:
-        raise ApiError(exc.status, f"{what}: {exc.message}", exc.error) from None
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    features: Features
+    model: RemoteModel  # the predictor, as a backend whose failures name it
 
 
-def create_app(settings: ProxySettings | None = None) -> FastAPI:
-    cfg = settings or ProxySettings()
-    dwh = cfg.dwh_url.rstrip("/")
-    predict_url = cfg.predictor_url.rstrip("/") + "/predict"
-    res: dict[str, Any] = {}
-    # DWH reads in flight, by (item id, stamp seen): a later miss joins a read only if no
-    # write has invalidated the item since that read began.
-    reads: dict[tuple[int, str], asyncio.Task[dict[str, Any]]] = {}
+class Features:
+    """An item's features: from the cache, else from one DWH read shared by concurrent misses.
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        res["upstream"] = Upstream(cfg.backend_timeout_ms / 1000)
-        cache = res["cache"] = FeatureCache(
-            cfg.cache_redis_url, cfg.cache_ttl_s, cfg.redis_timeout_ms, cfg.cache_retry_s,
-            state.registry,
-        )
-        state.stats["cache"] = cache.stats
-        state.stats["dwh_reads"] = 0
-        state.metadata.update(dwh=dwh, predictor=cfg.predictor_url, cache_ttl_s=cfg.cache_ttl_s)
-        try:
-            yield
-        finally:
-            await cache.aclose()
-            await res["upstream"].aclose()
+    DWH reads in flight are kept by (item id, stamp seen): a later miss joins a read only if
+    no write has invalidated the item since that read began.
+    """
 
-    app = create_service(cfg, title="data cache: proxy", lifespan=lifespan)
-    state: ServiceState = app.state.service
+    def __init__(self, cfg: ProxySettings, upstream: Upstream, cache: FeatureCache,
+                 metrics: Metrics) -> None:
+        self.dwh = cfg.dwh_url.rstrip("/")
+        self.upstream = upstream
+        self.cache = cache
+        self.reads: dict[tuple[int, str], asyncio.Task[dict[str, Any]]] = {}
+        self.dwh_reads = metrics.counter("data_cache_dwh_reads", "queries sent to the DWH",
+                                         stat="dwh_reads")
 
-    async def read_dwh(item_id: int, stamp: str | None, rid: str) -> dict[str, Any]:
+    async def read_dwh(self, item_id: int, stamp: str | None, rid: str) -> dict[str, Any]:
         """One DWH query for the item, cached if the item was not written meanwhile."""
-        state.stats["dwh_reads"] += 1
-        reply = await call(res["upstream"], "the DWH", "GET", f"{dwh}/items/{item_id}", rid=rid)
+        self.dwh_reads.inc()
+        reply, _ = await timed_call(self.upstream, "GET", f"{self.dwh}/items/{item_id}",
+                                    rid=rid, name="the DWH")
         if reply.status == 404:
             raise ApiError(404, f"item {item_id} is not in the DWH", "item_not_found",
                            headers={"x-data-source": "dwh"})
         if reply.status != 200:
-            raise ApiError(502, f"the DWH answered {reply.status}: {reply.body[:200]!r}",
+            raise ApiError(502, f"the DWH answered {reply.status}: {error_message(reply.body)}",
                            "backend_error")
         row: Any = reply.json()
         features = row.get("features") if isinstance(row, dict) else None
         if not isinstance(features, list) or len(features) != N_FEATURES:
             raise ApiError(502, f"the DWH sent item {item_id} without {N_FEATURES} features",
                            "backend_error")
-        await res["cache"].fill(item_id, row, stamp)
+        await self.cache.fill(item_id, row, stamp)
         return dict(row)
 
-    def forget(key: tuple[int, str], done: asyncio.Task[dict[str, Any]]) -> None:
-        reads.pop(key, None)
+    def _forget(self, key: tuple[int, str], done: asyncio.Task[dict[str, Any]]) -> None:
+        self.reads.pop(key, None)
         if not done.cancelled():
             done.exception()  # each waiting caller raised it; mark it seen
 
-    async def features_for(item_id: int, rid: str) -> tuple[dict[str, Any], str]:
+    async def get(self, item_id: int, rid: str) -> tuple[dict[str, Any], str]:
         """(the item's row, where it came from: "cache" or "dwh")."""
-        cache: FeatureCache = res["cache"]
-        cached, stamp = await cache.lookup(item_id)
+        cached, stamp = await self.cache.lookup(item_id)
         if cached is not None:
-            cache.hit()
+            self.cache.hit()
             return cached, "cache"
         if stamp is None:  # Redis is unavailable: no stamp to guard a shared read, read alone
-            cache.miss()
-            return await read_dwh(item_id, None, rid), "dwh"
+            self.cache.miss()
+            return await self.read_dwh(item_id, None, rid), "dwh"
         key = (item_id, stamp)
-        task = reads.get(key)
-        cache.miss(coalesced=task is not None)
+        task = self.reads.get(key)
+        self.cache.miss(coalesced=task is not None)
         if task is None:
             # a task of its own: a caller that goes away does not cancel the others' read
-            task = reads[key] = asyncio.create_task(read_dwh(item_id, stamp, rid))
-            task.add_done_callback(lambda done: forget(key, done))
+            task = self.reads[key] = asyncio.create_task(self.read_dwh(item_id, stamp, rid))
+            task.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(task), "dwh"
 
-    @app.post("/predict", tags=["predict"], responses={404: {}, 422: {}, 502: {}, 504: {}})
-    async def predict(body: ItemRequest, request: Request) -> Response:
-        rid = body.request_id or request_id(request) or ""
-        row, source = await features_for(body.item_id, rid)
-        reply = await call(
-            res["upstream"], "the predictor", "POST", predict_url,
-            body=orjson.dumps({"data": [row["features"]], "request_id": rid}), rid=rid,
-        )
-        if reply.status != 200:
-            raise ApiError(502, f"the predictor answered {reply.status}: {reply.body[:200]!r}",
-                           "backend_error")
-        out: Any = reply.json()
-        out.update(item_id=body.item_id, features=row["features"],
-                   features_updated_at=row.get("updated_at"), data_source=source)
-        headers = {k: v for k, v in reply.headers.items() if k in PASS_HEADERS}
-        return json_response(out, headers={**headers, "x-data-source": source})
 
+async def predict(body: ItemRequest, request: Request) -> Response:
+    features: Features = request.state.features
+    model: RemoteModel = request.state.model
+    rid = body.request_id or request_id(request) or ""
+    row, source = await features.get(body.item_id, rid)
+    X = np.asarray([row["features"]], dtype=np.float32)
+    answer = await model.predict(X, rid, model.upstream.timeout_s)
+    out = {
+        "prediction": answer.prediction, "probabilities": answer.probabilities,
+        "model": answer.model, "version": answer.version, "served_by": answer.served_by,
+        "request_id": rid, "item_id": body.item_id, "features": row["features"],
+        "features_updated_at": row.get("updated_at"), "data_source": source,
+    }
+    return json_response(out, headers={"x-served-by": answer.served_by,
+                                       "x-model-version": answer.version,
+                                       "x-data-source": source})
+
+
+def create_app(settings: ProxySettings | None = None) -> FastAPI:
+    cfg = settings or ProxySettings()
+    upstream = Upstream(cfg.backend_timeout_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        cache = FeatureCache(
+            cfg.cache_redis_url, cfg.cache_ttl_s, cfg.redis_timeout_ms, cfg.cache_retry_s,
+            state.metrics, state.stats.setdefault("cache", {}),
+        )
+        state.metadata.update(dwh=cfg.dwh_url.rstrip("/"), predictor=cfg.predictor_url,
+                              cache_ttl_s=cfg.cache_ttl_s)
+        try:
+            yield {"features": Features(cfg, upstream, cache, state.metrics),
+                   "model": RemoteModel(upstream, cfg.predictor_url, name="the predictor")}
+        finally:
+            await cache.aclose()
+
+    app = create_service(cfg, title="data cache: proxy", lifespan=lifespan,
+                         upstreams={"upstream": upstream})
+    app.post("/predict", tags=["predict"],
+             responses={404: {}, 422: {}, 502: {}, 504: {}})(predict)
     return app

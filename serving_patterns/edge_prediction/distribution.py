@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
+from prometheus_client import Counter as PromCounter
 from pydantic import BaseModel, ConfigDict, Field
 
 from patternkit.models import MANIFEST_FILE, MODEL_FILE
@@ -176,105 +177,145 @@ class TelemetryReport(BaseModel):
     fallbacks: int = Field(0, ge=0, description="predictions the server made instead")
 
 
+REQUESTS = ("latest_checks", "latest_not_modified", "manifests", "not_modified", "downloads",
+            "telemetry_reports")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What the routes read from the lifespan state: the model store, the page's folder, the
+    devices' last reports, and the counts (declared once: /metrics and /stats)."""
+
+    store: ModelStore
+    static_root: Path
+    devices: dict[str, dict[str, Any]]
+    requests: PromCounter  # by kind (REQUESTS), /stats "requests"
+    downloads: PromCounter  # by version, /stats "downloads_by_version"
+
+    def count(self, kind: str) -> None:
+        self.requests.labels(kind).inc()
+
+
+def distribution(request: Request) -> Distribution:
+    found: Distribution = request.state.distribution
+    return found
+
+
+async def list_models(request: Request) -> Response:
+    published = distribution(request).store.published()
+    return json_response(
+        {"latest": published[0].version if published else None,
+         "versions": [p.summary() for p in published]},
+        headers={"cache-control": "no-cache", **CORS},
+    )
+
+
+async def latest(request: Request) -> Response:
+    """The newest version; `ETag: "<version>:<sha256>"` makes polling for updates cheap."""
+    dist = distribution(request)
+    dist.count("latest_checks")
+    found = dist.store.latest()
+    etag = f'"{found.version}:{found.sha256}"'
+    headers = {"etag": etag, "cache-control": "no-cache", **CORS}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        dist.count("latest_not_modified")
+        return Response(status_code=304, headers=headers)
+    return json_response(found.summary(), headers=headers)
+
+
+async def manifest(version: str, request: Request) -> Response:
+    dist = distribution(request)
+    found = dist.store.get(version)
+    dist.count("manifests")
+    return json_response(
+        {**found.manifest, "size": found.size, "url": found.url},
+        headers={"cache-control": IMMUTABLE, **CORS},
+    )
+
+
+async def model_file(version: str, request: Request) -> Response:
+    """The model bytes as stored; devices check them against the manifest's sha256."""
+    dist = distribution(request)
+    found = dist.store.get(version)
+    etag = f'"{found.sha256}"'
+    headers = {"etag": etag, "cache-control": IMMUTABLE, **CORS}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        dist.count("not_modified")
+        return Response(status_code=304, headers=headers)
+    try:  # small files: read whole, so a version withdrawn meanwhile is a 404, not a 500
+        data = await asyncio.to_thread(found.model_path.read_bytes)
+    except FileNotFoundError:
+        raise ApiError(
+            404, f"model version {version} was withdrawn", "model_not_found"
+        ) from None
+    if request.method == "GET":
+        dist.count("downloads")
+        dist.downloads.labels(version).inc()
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+async def telemetry(report: TelemetryReport, request: Request) -> Response:
+    """A device's counts (the last report per device is kept, in memory)."""
+    dist = distribution(request)
+    dist.count("telemetry_reports")
+    dist.devices[report.device_id] = {
+        **report.model_dump(exclude={"device_id"}),
+        "reported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return json_response({"accepted": True, "device_id": report.device_id}, status=202)
+
+
+async def telemetry_summary(request: Request) -> Response:
+    devices = distribution(request).devices
+    versions = Counter(str(d["version"]) for d in devices.values())
+    return json_response({"devices": devices, "versions_in_use": dict(versions)})
+
+
+def static_file(root: Path, relative: str) -> Response:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        hint = " (run `make vendor` to fetch onnxruntime-web)" if "vendor/" in relative else ""
+        raise ApiError(404, f"no static file {relative!r}{hint}", "not_found")
+    media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+    return FileResponse(path, media_type=media, headers={"cache-control": "no-cache"})
+
+
+async def index(request: Request) -> Response:
+    return static_file(distribution(request).static_root, "index.html")
+
+
+async def static(relative: str, request: Request) -> Response:
+    return static_file(distribution(request).static_root, relative)
+
+
 def create_app(settings: DistributionSettings | None = None) -> FastAPI:
     """The distribution app (uvicorn --factory ...edge_prediction.distribution:create_app)."""
     cfg = settings or DistributionSettings()
-    store = ModelStore(Path(cfg.model_dir))
-    static_root = Path(cfg.static_dir).resolve()
-    devices: dict[str, dict[str, Any]] = {}
-    counts: Counter[str] = Counter()
-    downloads: Counter[str] = Counter()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[dict[str, object]]:
+        store = ModelStore(Path(cfg.model_dir))
+        static_root = Path(cfg.static_dir).resolve()
         store.root.mkdir(parents=True, exist_ok=True)
         state.metadata.update(model_dir=str(store.root), static_dir=str(static_root))
-        state.stats.update(requests=counts, downloads_by_version=downloads)
+        dist = Distribution(
+            store, static_root, {},
+            state.metrics.counter("edge_distribution_requests", "requests served, by kind",
+                                  {"kind": REQUESTS}, stat="requests"),
+            state.metrics.counter("edge_distribution_downloads", "model files sent, by version",
+                                  {"version": ()}, stat="downloads_by_version"),
+        )
         log.info("serving versions %s from %s", store.versions() or "(none yet)", store.root)
-        yield
+        yield {"distribution": dist}
 
     app = create_service(cfg, title="edge prediction: model distribution", lifespan=lifespan)
-
-    @app.get("/models", tags=["models"])
-    async def list_models() -> Response:
-        published = store.published()
-        return json_response(
-            {"latest": published[0].version if published else None,
-             "versions": [p.summary() for p in published]},
-            headers={"cache-control": "no-cache", **CORS},
-        )
-
-    @app.get("/models/latest", tags=["models"])
-    async def latest(request: Request) -> Response:
-        """The newest version; `ETag: "<version>:<sha256>"` makes polling for updates cheap."""
-        counts["latest_checks"] += 1
-        found = store.latest()
-        etag = f'"{found.version}:{found.sha256}"'
-        headers = {"etag": etag, "cache-control": "no-cache", **CORS}
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            counts["latest_not_modified"] += 1
-            return Response(status_code=304, headers=headers)
-        return json_response(found.summary(), headers=headers)
-
-    @app.get("/models/{version}", tags=["models"])
-    async def manifest(version: str) -> Response:
-        found = store.get(version)
-        counts["manifests"] += 1
-        return json_response(
-            {**found.manifest, "size": found.size, "url": found.url},
-            headers={"cache-control": IMMUTABLE, **CORS},
-        )
-
-    @app.api_route(f"/models/{{version}}/{MODEL_FILE}", methods=["GET", "HEAD"], tags=["models"])
-    async def model_file(version: str, request: Request) -> Response:
-        """The model bytes as stored; devices check them against the manifest's sha256."""
-        found = store.get(version)
-        etag = f'"{found.sha256}"'
-        headers = {"etag": etag, "cache-control": IMMUTABLE, **CORS}
-        if etag_matches(request.headers.get("if-none-match"), etag):
-            counts["not_modified"] += 1
-            return Response(status_code=304, headers=headers)
-        try:  # small files: read whole, so a version withdrawn meanwhile is a 404, not a 500
-            data = await asyncio.to_thread(found.model_path.read_bytes)
-        except FileNotFoundError:
-            raise ApiError(
-                404, f"model version {version} was withdrawn", "model_not_found"
-            ) from None
-        if request.method == "GET":
-            counts["downloads"] += 1
-            downloads[version] += 1
-        return Response(data, media_type="application/octet-stream", headers=headers)
-
-    @app.post("/telemetry", tags=["telemetry"], status_code=202)
-    async def telemetry(report: TelemetryReport) -> Response:
-        """A device's counts (the last report per device is kept, in memory)."""
-        counts["telemetry_reports"] += 1
-        devices[report.device_id] = {
-            **report.model_dump(exclude={"device_id"}),
-            "reported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        return json_response({"accepted": True, "device_id": report.device_id}, status=202)
-
-    @app.get("/telemetry", tags=["telemetry"])
-    async def telemetry_summary() -> Response:
-        versions = Counter(str(d["version"]) for d in devices.values())
-        return json_response({"devices": devices, "versions_in_use": dict(versions)})
-
-    def static_file(relative: str) -> Response:
-        path = (static_root / relative).resolve()
-        if not path.is_relative_to(static_root) or not path.is_file():
-            hint = " (run `make vendor` to fetch onnxruntime-web)" if "vendor/" in relative else ""
-            raise ApiError(404, f"no static file {relative!r}{hint}", "not_found")
-        media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
-        return FileResponse(path, media_type=media, headers={"cache-control": "no-cache"})
-
-    @app.get("/", tags=["page"], include_in_schema=False)
-    async def index() -> Response:
-        return static_file("index.html")
-
-    @app.get("/static/{relative:path}", tags=["page"], include_in_schema=False)
-    async def static(relative: str) -> Response:
-        return static_file(relative)
-
+    app.get("/models", tags=["models"])(list_models)
+    app.get("/models/latest", tags=["models"])(latest)
+    app.get("/models/{version}", tags=["models"])(manifest)
+    app.api_route(f"/models/{{version}}/{MODEL_FILE}", methods=["GET", "HEAD"],
+                  tags=["models"])(model_file)
+    app.post("/telemetry", tags=["telemetry"], status_code=202)(telemetry)
+    app.get("/telemetry", tags=["telemetry"])(telemetry_summary)
+    app.get("/", tags=["page"], include_in_schema=False)(index)
+    app.get("/static/{relative:path}", tags=["page"], include_in_schema=False)(static)
     return app
-

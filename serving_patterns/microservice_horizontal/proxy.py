@@ -24,8 +24,11 @@ from patternkit.backends import (
     Backend,
     BackendFailed,
     ModelReply,
+    RemoteModel,
     call_model,
+    input_width,
     parse_backends,
+    watch_models,
 )
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
@@ -38,10 +41,10 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 
-class FanOutSettings(ServiceSettings):
+class FanOutSettings(BatchSettings):
     """Which models to ask (in class order) and how long to wait for each."""
 
     service_name: str = "proxy"
@@ -49,8 +52,6 @@ class FanOutSettings(ServiceSettings):
         ..., description="name=url,... of one-vs-rest predictors; the order is the class order"
     )
     backend_timeout_ms: int = Field(800, gt=0, description="deadline of each backend call")
-    n_features: int = Field(4, gt=0, description="row width the models take")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
     @field_validator("backends")
     @classmethod
@@ -78,13 +79,17 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
     upstream = Upstream(timeout_s)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+    async def lifespan(
+        app: FastAPI, state: ServiceState
+    ) -> AsyncIterator[dict[str, list[RemoteModel]]]:
         state.metadata.update(backends={b.name: b.url for b in backends},
                               backend_timeout_ms=cfg.backend_timeout_ms, classes=names)
-        yield
+        # the row width comes from the models' /metadata: ready once one of them is known
+        async with watch_models(upstream, backends, state) as models:
+            yield {"models": models}
 
     app = create_service(cfg, title="microservice horizontal: fan-out proxy", lifespan=lifespan,
-                         upstreams={"upstream": upstream})
+                         upstreams={"upstream": upstream}, auto_ready=False)
     metrics = app.state.service.metrics  # on /metrics, and on /stats under "fanout"
     answers = metrics.counter("fanout_answers", "answers by completeness",
                               {"outcome": ("complete", "partial", "failed")})
@@ -109,7 +114,8 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        X, body_rid = parse_batch(await request.body(), cfg.n_features, cfg.max_batch_rows)
+        X, body_rid = parse_batch(await request.body(), input_width(request.state.models),
+                                   cfg.max_batch_rows)
         rid = body_rid or request_id(request)
         results = await asyncio.gather(*(ask(b, X, rid) for b in backends))
         replies = {r.backend: r for r in results if isinstance(r, ModelReply)}

@@ -19,26 +19,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from patternkit.backends import Backend, call_model
+from patternkit.backends import Backend, RemoteModel, call_model, input_width, watch_models
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import ServiceState, create_service, fast_route, json_response, request_id
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 CLASSES = ("setosa", "versicolor", "virginica")
 SETOSA = 1  # stage 1's positive label: the row is setosa
 
 
-class ChainProxySettings(ServiceSettings):
+class ChainProxySettings(BatchSettings):
     """Where the two stages are and how long each may take."""
 
     service_name: str = "proxy"
     stage1_url: str = Field(..., description="base URL of stage 1 (iris_setosa)")
     stage2_url: str = Field(..., description="base URL of stage 2 (versicolor_vs_virginica)")
     stage_timeout_ms: int = Field(2000, gt=0, description="deadline of each stage call")
-    n_features: int = Field(4, gt=0, description="row width the chain's models take")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
 STAGES = ("stage1", "stage2")
@@ -49,15 +47,20 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
     stage1 = Backend("stage1", cfg.stage1_url.rstrip("/"))
     stage2 = Backend("stage2", cfg.stage2_url.rstrip("/"))
     timeout_s = cfg.stage_timeout_ms / 1000
+    upstream = Upstream(timeout_s)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+    async def lifespan(
+        app: FastAPI, state: ServiceState
+    ) -> AsyncIterator[dict[str, list[RemoteModel]]]:
         state.metadata.update(stages=[stage1.url, stage2.url],
                               stage_timeout_ms=cfg.stage_timeout_ms, classes=list(CLASSES))
-        yield
+        # the row width comes from the models' /metadata: ready once one of them is known
+        async with watch_models(upstream, [stage1, stage2], state) as models:
+            yield {"models": models}
 
     app = create_service(cfg, title="microservice vertical: chain proxy", lifespan=lifespan,
-                         upstreams={"upstream": Upstream(timeout_s)})
+                         upstreams={"upstream": upstream}, auto_ready=False)
     metrics = app.state.service.metrics  # on /metrics, and on /stats under "chain"
     calls = metrics.counter("chain_stage_calls", "calls to each stage", {"stage": STAGES})
     rows_done = metrics.counter("chain_rows_decided", "rows decided by each stage",
@@ -76,7 +79,8 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        X, body_rid = parse_batch(await request.body(), cfg.n_features, cfg.max_batch_rows)
+        X, body_rid = parse_batch(await request.body(), input_width(request.state.models),
+                                   cfg.max_batch_rows)
         rid = body_rid or request_id(request)
         upstream: Upstream = request.state.upstream
 

@@ -11,40 +11,38 @@ down -> 503. `GET /predict/{job_id}` serves the job: pending, running, then `sta
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import orjson
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from kombu.exceptions import OperationalError
+from prometheus_client import Counter
 from pydantic import Field
 
-from patternkit.jobs import JobQueue, JobStore, make_celery
-from patternkit.models import resolve_artifact
+from patternkit.backends import timed_call
+from patternkit.jobs import QUEUE_ERRORS, JobQueue
+from patternkit.models import input_schema
 from patternkit.predictor import parse_batch
-from patternkit.proxy import Upstream
+from patternkit.proxy import Upstream, error_message
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
+    CounterSet,
     ServiceState,
+    add_fast_route,
     create_service,
-    fast_route,
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 from serving_patterns.multiple_stage_prediction.worker import QUEUE, TASK_NAME
 
-QUEUE_ERRORS = (redis.RedisError, OperationalError)
 
-
-class StageProxySettings(ServiceSettings):
+class StageProxySettings(BatchSettings):
     """The proxy: where the light predictor and Redis are, and how long the light stage may take."""
 
     service_name: str = "proxy"
@@ -54,7 +52,6 @@ class StageProxySettings(ServiceSettings):
         ..., description="the heavy model's directory; only its manifest is read"
     )
     light_timeout_ms: int = Field(500, gt=0, description="the light stage's time budget")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
     job_ttl_s: int = Field(86_400, gt=0, description="how long a heavy job's record is kept")
 
 
@@ -67,65 +64,139 @@ def stage_error(status: int, error: str, message: str) -> dict[str, Any]:
     return {"status": status, "error": error, "message": message}
 
 
+class Counts(CounterSet):
+    """The proxy's counts, each declared once: on /metrics and, by name, on /stats."""
+
+    PREFIX = "multiple_stage"
+    light_answers: Annotated[Counter, "requests the light model answered"]
+    light_failures: Annotated[Counter, "requests the light predictor failed"]
+    submitted: Annotated[Counter, "heavy jobs queued"]
+    queue_failures: Annotated[Counter, "requests whose heavy job the queue refused"]
+
+
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    queue: JobQueue
+    n_features: int
+    light_url: str
+    counts: Counts
+
+
+async def ask_light(
+    request: Request, body: bytes, rid: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The light predictor's answer, or None and what went wrong (naming the predictor)."""
+    url: str = request.state.light_url
+    try:
+        reply, _ = await timed_call(request.state.upstream, "POST", url, body=body, rid=rid,
+                                    name="light predictor")
+    except ApiError as exc:  # 504 timeout or 502 unreachable, naming the predictor and URL
+        return None, stage_error(exc.status, exc.error, exc.message)
+    if reply.status == 200:
+        answer: dict[str, Any] = orjson.loads(reply.body)
+        return answer, {}
+    message = f"light predictor {url} answered {reply.status}: {error_message(reply.body)}"
+    return None, stage_error(502, "light_failed", message)
+
+
+async def enqueue(
+    queue: JobQueue, rows: list[list[float]], rid: str
+) -> tuple[str | None, dict[str, Any]]:
+    """Record and queue the heavy job; its id, or None and why the queue refused it."""
+    try:
+        return await asyncio.to_thread(queue.submit, rows, rid), {}
+    except QUEUE_ERRORS as exc:
+        return None, stage_error(
+            503, "queue_unavailable",
+            f"heavy stage: the job queue (Redis) is unavailable: {type(exc).__name__}",
+        )
+
+
+async def predict(request: Request) -> Response:
+    cfg: StageProxySettings = request.state.settings
+    counts: Counts = request.state.counts
+    body = await request.body()
+    X, body_rid = parse_batch(body, request.state.n_features, cfg.max_batch_rows)
+    rid = body_rid or request_id(request) or ""
+    light, light_error = await ask_light(request, body, rid)
+    # stamped before the job exists, so the heavy answer is always later than this
+    answered_at = time.time()
+    job_id, heavy_error = await enqueue(request.state.queue, X.tolist(), rid)
+    (counts.light_answers if light else counts.light_failures).inc()
+    (counts.submitted if job_id else counts.queue_failures).inc()
+    if light is None and job_id is None:
+        raise ApiError(
+            503, f"no stage is available: {light_error['message']}; {heavy_error['message']}",
+            "stages_unavailable",
+        )
+    light = light or {}
+    out: dict[str, Any] = {
+        "stage": "light" if light else None,
+        "prediction": light.get("prediction"),
+        "probabilities": light.get("probabilities"),
+        "model": light.get("model"),
+        "version": light.get("version"),
+        "served_by": light.get("served_by"),
+        "job_id": job_id,
+        "request_id": rid,
+        "answered_at": iso(answered_at),
+        "result_url": f"/predict/{job_id}" if job_id else None,
+    }
+    if light_error:
+        out["light_error"] = light_error
+    if heavy_error:
+        out["heavy_error"] = heavy_error
+    if light:
+        return json_response(out, 200, {"x-model-version": str(light["version"])})
+    return json_response(out, 202, {"location": out["result_url"]})
+
+
+async def result(job_id: str, request: Request) -> Response:
+    queue: JobQueue = request.state.queue
+    try:
+        job = await asyncio.to_thread(queue.store.get, job_id)
+    except QUEUE_ERRORS as exc:
+        raise ApiError(
+            503, f"the job store (Redis) is unavailable: {type(exc).__name__}",
+            "queue_unavailable",
+        ) from None
+    if job is None:
+        raise ApiError(
+            404, f"no heavy job {job_id!r}: it was never queued, or it expired (JOB_TTL_S)",
+            "job_not_found",
+        )
+    view = job.view()  # a done job carries the worker's answer, `stage: "heavy"` included
+    return json_response({"stage": view.pop("stage", None), **view})
+
+
 def create_app(settings: StageProxySettings | None = None) -> FastAPI:
     cfg = settings or StageProxySettings()
-    light_predict = cfg.light_url.rstrip("/") + "/predict"
-    held: dict[str, Any] = {}  # the light client, the job queue and the input width
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        _, manifest_path = resolve_artifact(cfg.model_path)
-        schema = json.loads(manifest_path.read_text())["input_schema"]
-        held["n_features"] = int(schema["n_features"])
-        store = JobStore.from_url(cfg.redis_url, QUEUE, cfg.job_ttl_s)
-        queue = JobQueue(make_celery(QUEUE, cfg.redis_url), store, TASK_NAME)
-        await asyncio.to_thread(queue.connect)  # fail at start, not on the first request
-        held["queue"] = queue
-        held["light"] = Upstream(cfg.light_timeout_ms / 1000)
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        # The input width comes from the heavy model's manifest, on purpose, not from the
+        # light predictor's /metadata (RemoteModel): the proxy must validate a request and
+        # queue its heavy job (202) while the light predictor is down.
+        schema = input_schema(cfg.model_path)
+        queue = await asyncio.to_thread(  # connected now: fail at start, not on a request
+            JobQueue.open, QUEUE, cfg.redis_url, TASK_NAME, cfg.job_ttl_s
+        )
         state.metadata.update(
             light_predictor=cfg.light_url, light_timeout_ms=cfg.light_timeout_ms,
             queue=QUEUE, task=TASK_NAME, input_schema=schema,
         )
-        state.stats.update(light_answers=0, light_failures=0, submitted=0, queue_failures=0)
-        yield
-        await held.pop("light").aclose()
-        held.pop("queue").close()
-
-    app = create_service(cfg, title="multiple stage prediction: proxy", lifespan=lifespan)
-    state: ServiceState = app.state.service
-
-    async def ask_light(body: bytes, rid: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """The light predictor's answer, or None and what went wrong (naming the predictor)."""
-        upstream: Upstream = held["light"]
         try:
-            reply = await upstream.call(
-                "POST", light_predict, body=body, rid=rid, name="light predictor"
-            )
-        except ApiError as exc:  # 504 timeout or 502 unreachable, naming the predictor and URL
-            return None, stage_error(exc.status, exc.error, exc.message)
-        if reply.status == 200:
-            answer: dict[str, Any] = orjson.loads(reply.body)
-            return answer, {}
-        try:
-            detail = orjson.loads(reply.body).get("message", "")
-        except (orjson.JSONDecodeError, AttributeError):
-            detail = reply.body[:200].decode(errors="replace")
-        message = f"light predictor {light_predict} answered {reply.status}: {detail}"
-        return None, stage_error(502, "light_failed", message)
+            yield {"queue": queue, "n_features": int(schema["n_features"]),
+                   "light_url": cfg.light_url.rstrip("/") + "/predict",
+                   "counts": Counts(state.metrics)}
+        finally:
+            queue.close()
 
-    async def enqueue(rows: list[list[float]], rid: str) -> tuple[str | None, dict[str, Any]]:
-        """Record and queue the heavy job; its id, or None and why the queue refused it."""
-        queue: JobQueue = held["queue"]
-        try:
-            return await asyncio.to_thread(queue.submit, rows, rid), {}
-        except QUEUE_ERRORS as exc:
-            return None, stage_error(
-                503, "queue_unavailable",
-                f"heavy stage: the job queue (Redis) is unavailable: {type(exc).__name__}",
-            )
-
-    @fast_route(
-        app, "/predict",
+    app = create_service(cfg, title="multiple stage prediction: proxy", lifespan=lifespan,
+                         upstreams={"upstream": Upstream(cfg.light_timeout_ms / 1000)})
+    add_fast_route(
+        app, "/predict", predict, ["POST"],
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={
@@ -134,58 +205,5 @@ def create_app(settings: StageProxySettings | None = None) -> FastAPI:
             503: {"description": "neither stage is available"},
         },
     )
-    async def predict(request: Request) -> Response:
-        body = await request.body()
-        X, body_rid = parse_batch(body, held["n_features"], cfg.max_batch_rows)
-        rid = body_rid or request_id(request) or ""
-        light, light_error = await ask_light(body, rid)
-        # stamped before the job exists, so the heavy answer is always later than this
-        answered_at = time.time()
-        job_id, heavy_error = await enqueue(X.tolist(), rid)
-        state.stats["light_answers" if light else "light_failures"] += 1
-        state.stats["submitted" if job_id else "queue_failures"] += 1
-        if light is None and job_id is None:
-            raise ApiError(
-                503, f"no stage is available: {light_error['message']}; {heavy_error['message']}",
-                "stages_unavailable",
-            )
-        light = light or {}
-        out: dict[str, Any] = {
-            "stage": "light" if light else None,
-            "prediction": light.get("prediction"),
-            "probabilities": light.get("probabilities"),
-            "model": light.get("model"),
-            "version": light.get("version"),
-            "served_by": light.get("served_by"),
-            "job_id": job_id,
-            "request_id": rid,
-            "answered_at": iso(answered_at),
-            "result_url": f"/predict/{job_id}" if job_id else None,
-        }
-        if light_error:
-            out["light_error"] = light_error
-        if heavy_error:
-            out["heavy_error"] = heavy_error
-        if light:
-            return json_response(out, 200, {"x-model-version": str(light["version"])})
-        return json_response(out, 202, {"location": out["result_url"]})
-
-    @app.get("/predict/{job_id}", tags=["predict"], responses={404: {}, 503: {}})
-    async def result(job_id: str) -> Response:
-        queue: JobQueue = held["queue"]
-        try:
-            job = await asyncio.to_thread(queue.store.get, job_id)
-        except QUEUE_ERRORS as exc:
-            raise ApiError(
-                503, f"the job store (Redis) is unavailable: {type(exc).__name__}",
-                "queue_unavailable",
-            ) from None
-        if job is None:
-            raise ApiError(
-                404, f"no heavy job {job_id!r}: it was never queued, or it expired (JOB_TTL_S)",
-                "job_not_found",
-            )
-        view = job.view()  # a done job carries the worker's answer, `stage: "heavy"` included
-        return json_response({"stage": view.pop("stage", None), **view})
-
+    app.get("/predict/{job_id}", tags=["predict"], responses={404: {}, 503: {}})(result)
     return app

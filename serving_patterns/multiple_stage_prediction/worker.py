@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from celery import Celery
@@ -24,7 +23,6 @@ from patternkit.jobs import (
     describe,
     lazy_app,
     make_worker,
-    open_on_start,
 )
 from patternkit.models import OnnxModel, as_rows
 
@@ -73,19 +71,8 @@ class HeavyStage:
     def predict(self, rows: list[list[float]], request_id: str | None) -> dict[str, Any]:
         """The heavy model's answer for `rows`, after DELAY_MS and subject to FAIL_MODE."""
         X = as_rows(rows, self.model.n_features)
-        if self.faults.delay_ms:
-            time.sleep(self.faults.delay_ms / 1000)
-        self.faults.check()
-        out = self.model.predict(X)
-        return {
-            "stage": "heavy",
-            "prediction": out.labels,
-            "probabilities": out.probabilities,
-            "model": self.model.name,
-            "version": self.model.version,
-            "served_by": self.cfg.served_by,
-            "request_id": request_id,
-        }
+        self.faults.apply_sync()
+        return {"stage": "heavy", **self.model.answer(X, self.cfg.served_by, request_id)}
 
     def run(self, job_id: str, rows: list[list[float]], request_id: str | None) -> None:
         """Run one job; a failure is recorded on the job (the light answer is already out)."""
@@ -104,10 +91,8 @@ class HeavyStage:
 def create_worker(settings: HeavyWorkerSettings | None = None) -> Celery:
     """The Celery app with the heavy task and the bootstep that loads the model."""
     cfg = settings or HeavyWorkerSettings()
-    app = make_worker(QUEUE, cfg)
     stage = HeavyStage(cfg)
-
-    open_on_start(app, stage.open, stage.close)  # once per process, before "ready."
+    app = make_worker(QUEUE, cfg, opens=stage)  # opened once per process, before "ready."
 
     @app.task(name=TASK_NAME)
     def heavy(job_id: str, rows: list[list[float]], request_id: str | None) -> None:

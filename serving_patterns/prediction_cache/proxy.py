@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
@@ -22,14 +21,11 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from patternkit.backends import RemoteModel, timed_call
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
+from patternkit.redisguard import REDIS_ERRORS, RedisCacheSettings, RedisGuard, async_redis
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
@@ -41,23 +37,18 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import ServiceSettings
+from patternkit.settings import BatchSettings
 
 log = logging.getLogger("prediction_cache.proxy")
 
 
-class CacheProxySettings(ServiceSettings):
-    """The proxy: where the predictor and Redis are, and how long a prediction stays cached."""
+class CacheProxySettings(RedisCacheSettings, BatchSettings):
+    """The proxy: where the predictor is (Redis: RedisCacheSettings, CACHE_TTL_S 60 s)."""
 
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="base URL of the predictor")
-    cache_redis_url: str = Field(..., description="Redis that holds the cached predictions")
-    cache_ttl_s: float = Field(60.0, gt=0, description="lifetime of a cached prediction")
     version_refresh_s: float = Field(5.0, gt=0, description="re-read the predictor's /metadata")
-    redis_timeout_ms: int = Field(200, gt=0, description="connect and socket timeout for Redis")
-    cache_retry_s: float = Field(1.0, ge=0, description="after a Redis error, skip it this long")
     backend_timeout_ms: int = Field(5000, gt=0, description="predictor call timeout")
-    max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
 def cache_key(version: str, X: np.ndarray) -> str:
@@ -74,74 +65,48 @@ class PredictionCache:
     """Redis get/set that never raise: an error is counted and the cache skipped for a while."""
 
     def __init__(self, cfg: CacheProxySettings, metrics: Metrics, stats: dict[str, Any]) -> None:
-        timeout = cfg.redis_timeout_ms / 1000
-        self.redis = Redis.from_url(
-            cfg.cache_redis_url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # one bounded attempt per call; the next call retries
-        )
+        self.redis = async_redis(cfg.cache_redis_url, cfg.redis_timeout_ms)
         self.ttl_ms = max(1, round(cfg.cache_ttl_s * 1000))
-        self.retry_s = cfg.cache_retry_s
-        self.down_until = 0.0
-        self.stats = stats  # the non-count facts /stats shows under "cache"
-        self.stats.update(ttl_s=cfg.cache_ttl_s, redis_ok=True)
+        stats["ttl_s"] = cfg.cache_ttl_s  # the non-count facts /stats shows under "cache"
+        self.guard = RedisGuard(metrics, "prediction_cache", ("get", "set", "decode"), stats,
+                                cfg.cache_retry_s, "predictor")
         self.hits = metrics.counter(
             "prediction_cache_hits", "answered from the cache", stat="cache.hits"
         )
         self.misses = metrics.counter(
             "prediction_cache_misses", "answered by the predictor", stat="cache.misses"
         )
-        self.errors = metrics.counter(
-            "prediction_cache_errors", "failed Redis calls", {"op": ("get", "set", "decode")},
-            stat="cache.errors", total=True,
-        )
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-    def _usable(self) -> bool:
-        return time.monotonic() >= self.down_until
-
-    def _failed(self, op: str, exc: Exception) -> None:
-        self.stats["redis_ok"] = False
-        self.errors.labels(op).inc()
-        self.down_until = time.monotonic() + self.retry_s
-        log.warning("redis %s failed (%s: %s); predictor only for %.1fs",
-                    op, type(exc).__name__, exc, self.retry_s)
-
-    def _worked(self) -> None:
-        if not self.stats["redis_ok"]:
-            log.info("redis is back; caching resumes")
-        self.stats["redis_ok"] = True
-
     async def get(self, key: str) -> dict[str, Any] | None:
-        if not self._usable():
+        if not self.guard.usable():
             return None
         try:
             raw = await self.redis.get(key)
-        except (RedisError, OSError) as exc:
-            self._failed("get", exc)
+        except REDIS_ERRORS as exc:
+            self.guard.failed("get", exc)
             return None
-        self._worked()
+        self.guard.worked()
         if raw is None:
             return None
         try:
             payload: dict[str, Any] = orjson.loads(raw)
         except orjson.JSONDecodeError:  # not written by this proxy: count it, treat as a miss
-            self.errors.labels("decode").inc()
+            self.guard.errors.labels("decode").inc()
             return None
         return payload
 
     async def set(self, key: str, payload: dict[str, Any]) -> None:
-        if not self._usable():
+        if not self.guard.usable():
             return
         try:
             await self.redis.set(key, orjson.dumps(payload), px=self.ttl_ms)
-        except (RedisError, OSError) as exc:
-            self._failed("set", exc)
+        except REDIS_ERRORS as exc:
+            self.guard.failed("set", exc)
             return
-        self._worked()
+        self.guard.worked()
 
 
 class Resources(TypedDict):

@@ -13,20 +13,21 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 
-from patternkit.proxy import Reply, Upstream, split_urls
+from patternkit.backends import timed_call
+from patternkit.proxy import Reply, Upstream, error_message, split_urls
 from patternkit.schemas import PREDICT_OPENAPI
 from patternkit.service import (
     ApiError,
+    Metrics,
     ServiceState,
     add_fast_route,
     create_service,
@@ -45,7 +46,8 @@ log = logging.getLogger("prediction_circuit_break.proxy")
 
 Reason = Literal["overloaded", "rate_limited", "breaker_open"]
 REASONS: tuple[Reason, ...] = ("overloaded", "rate_limited", "breaker_open")
-# the predictor's request body, documented without importing the predictor (and onnxruntime)
+
+
 class CircuitBreakSettings(ServiceSettings):
     """The proxy: its backends, the load-shedding caps and the breaker's knobs."""
 
@@ -104,84 +106,84 @@ def choose(backends: Sequence[Backend], start: int) -> Backend | Reason:
 
 def backend_error(url: str, reply: Reply) -> ApiError:
     """A 502 naming the backend that answered with a 5xx, with its own message if any."""
-    detail = reply.body[:200].decode("utf-8", "replace")
-    with suppress(orjson.JSONDecodeError, AttributeError):
-        detail = str(orjson.loads(reply.body).get("message", detail))
-    return ApiError(502, f"backend {url} answered {reply.status}: {detail}", "backend_error")
+    return ApiError(502, f"backend {url} answered {reply.status}: {error_message(reply.body)}",
+                    "backend_error")
 
 
-def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
-    cfg = settings or CircuitBreakSettings()
-    urls = split_urls(cfg.backend_urls)
-    turn = itertools.count()
-    upstream = Upstream(cfg.backend_timeout_ms / 1000)
-    app = create_service(cfg, title="prediction circuit break: proxy",
-                         upstreams={"upstream": upstream})
-    state: ServiceState = app.state.service
-    metrics = state.metrics  # each count declared once: on /metrics and, by `stat`, on /stats
-    passed = metrics.counter("circuit_break_passed", "requests a backend answered",
-                             stat="passed")
-    backend_errors = metrics.counter(
-        "circuit_break_backend_errors", "requests answered with a backend's 502/504",
-        stat="backend_errors",
-    )
-    fallbacks = metrics.counter(
-        "circuit_break_fallbacks",
-        "requests answered with the null fallback: shed (overloaded, rate_limited) or refused "
-        "by open breakers (breaker_open)",
-        {"reason": REASONS}, stat="fallbacks",
-    )
-    calls = metrics.counter(
-        "circuit_break_backend_calls", "backend calls by outcome for the breaker",
-        {"backend": urls, "outcome": ("success", "failure")},
-    )
-    opened = metrics.counter("circuit_break_breaker_opened", "times a backend's breaker opened",
-                             {"backend": urls})
-    state_gauge = metrics.gauge("circuit_break_breaker_state",
-                                "breaker state per backend: 0 closed, 1 half_open, 2 open",
-                                {"backend": urls})
-    in_flight_gauge = metrics.gauge("circuit_break_backend_in_flight",
-                                    "proxy calls in flight per backend", {"backend": urls})
+class Pool:
+    """The backends with their slots and breakers, the rate cap and the counts (declared once:
+    on /metrics and, by `stat`, on /stats): what `/predict` and `/breaker` read from the
+    lifespan state."""
 
-    def make_backend(url: str) -> Backend:
+    def __init__(self, cfg: CircuitBreakSettings, upstream: Upstream, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.upstream = upstream
+        self.urls = split_urls(cfg.backend_urls)
+        self.turn = itertools.count()
+        self.bucket = TokenBucket(cfg.max_rps) if cfg.max_rps > 0 else None
+        self.passed = metrics.counter("circuit_break_passed", "requests a backend answered",
+                                      stat="passed")
+        self.backend_errors = metrics.counter(
+            "circuit_break_backend_errors", "requests answered with a backend's 502/504",
+            stat="backend_errors",
+        )
+        self.fallbacks = metrics.counter(
+            "circuit_break_fallbacks",
+            "requests answered with the null fallback: shed (overloaded, rate_limited) or "
+            "refused by open breakers (breaker_open)",
+            {"reason": REASONS}, stat="fallbacks",
+        )
+        self.calls = metrics.counter(
+            "circuit_break_backend_calls", "backend calls by outcome for the breaker",
+            {"backend": self.urls, "outcome": ("success", "failure")},
+        )
+        self.opened = metrics.counter(
+            "circuit_break_breaker_opened", "times a backend's breaker opened",
+            {"backend": self.urls},
+        )
+        self.state_gauge = metrics.gauge(
+            "circuit_break_breaker_state",
+            "breaker state per backend: 0 closed, 1 half_open, 2 open", {"backend": self.urls},
+        )
+        self.in_flight_gauge = metrics.gauge(
+            "circuit_break_backend_in_flight", "proxy calls in flight per backend",
+            {"backend": self.urls},
+        )
+        self.backends = [self._backend(url) for url in self.urls]
+
+    def _backend(self, url: str) -> Backend:
         def changed(old: State, new: State) -> None:
             level = logging.WARNING if new is State.OPEN else logging.INFO
             log.log(level, "breaker of %s: %s -> %s", url, old, new)
             if new is State.OPEN:
-                opened.labels(url).inc()
+                self.opened.labels(url).inc()
 
         backend = Backend(
-            url, ConcurrencyLimiter(cfg.max_inflight),
-            CircuitBreaker(cfg.fail_threshold, cfg.cooldown_s, on_change=changed),
+            url, ConcurrencyLimiter(self.cfg.max_inflight),
+            CircuitBreaker(self.cfg.fail_threshold, self.cfg.cooldown_s, on_change=changed),
         )
-        state_gauge.labels(url).set_function(lambda: STATE_VALUES[backend.breaker.state])
-        in_flight_gauge.labels(url).set_function(lambda: backend.limiter.in_flight)
+        self.state_gauge.labels(url).set_function(lambda: STATE_VALUES[backend.breaker.state])
+        self.in_flight_gauge.labels(url).set_function(lambda: backend.limiter.in_flight)
         return backend
 
-    backends = [make_backend(url) for url in urls]
-    bucket = TokenBucket(cfg.max_rps) if cfg.max_rps > 0 else None
-    state.metadata.update(
-        backends=urls, max_inflight=cfg.max_inflight, max_rps=cfg.max_rps,
-        fail_threshold=cfg.fail_threshold, cooldown_s=cfg.cooldown_s,
-        backend_timeout_ms=cfg.backend_timeout_ms, fallback_status=cfg.fallback_status,
-    )
-
-    def fallback(reason: Reason, rid: str | None) -> Response:
+    def fallback(self, reason: Reason, rid: str | None) -> Response:
+        """The null answer, at once: why, and when to retry (Retry-After with a 503)."""
+        cfg = self.cfg
         if reason == "overloaded":
             message = (f"every backend has {cfg.max_inflight} calls in flight (MAX_INFLIGHT): "
                        "request shed")
             wait_s = 1.0
         elif reason == "rate_limited":
             message = f"over {cfg.max_rps:g} requests per second (MAX_RPS): request shed"
-            wait_s = bucket.wait_s() if bucket is not None else 1.0
+            wait_s = self.bucket.wait_s() if self.bucket is not None else 1.0
         else:
             message = (f"the breaker of every backend is open after {cfg.fail_threshold} "
                        "consecutive failures (FAIL_THRESHOLD); a trial call follows the "
                        f"{cfg.cooldown_s:g} s cooldown (COOLDOWN_S)")
-            waits = [b.breaker.retry_in_s() for b in backends]
+            waits = [b.breaker.retry_in_s() for b in self.backends]
             wait_s = min((w for w in waits if w > 0), default=1.0)
         retry_after = max(1, math.ceil(wait_s))
-        fallbacks.labels(reason).inc()
+        self.fallbacks.labels(reason).inc()
         headers: dict[str, str] = {"x-fallback": reason}
         if cfg.fallback_status == 503:
             headers["retry-after"] = str(retry_after)
@@ -189,16 +191,15 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
                 "retry_after_s": retry_after, "request_id": rid}
         return json_response(body, cfg.fallback_status, headers)
 
-    async def attempt(backend: Backend, body: bytes, rid: str | None) -> Reply:
+    async def attempt(self, backend: Backend, body: bytes, rid: str | None) -> Reply:
         """One call to `backend`, holding one of its slots; the outcome feeds its breaker."""
         if not backend.limiter.try_acquire():  # choose() saw a free slot, nothing awaited since
             raise RuntimeError(f"no free slot on {backend.url}")
         ticket = backend.breaker.begin()
         ok: bool | None = None  # None: no verdict (the request was cancelled)
         try:
-            reply = await upstream.call(
-                "POST", f"{backend.url}/predict", body=body, rid=rid
-            )
+            reply, _ = await timed_call(self.upstream, "POST", f"{backend.url}/predict",
+                                        body=body, rid=rid)
             ok = reply.status < 500  # a 4xx is the caller's fault and a healthy backend
             if not ok:
                 raise backend_error(backend.url, reply)
@@ -213,52 +214,79 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
                 backend.breaker.abandon(ticket)
             else:
                 (backend.breaker.success if ok else backend.breaker.failure)(ticket)
-                calls.labels(backend.url, "success" if ok else "failure").inc()
+                self.calls.labels(backend.url, "success" if ok else "failure").inc()
 
-    async def predict(request: Request) -> Response:
-        body = await request.body()
-        rid = request_id(request)
-        tried: list[Backend] = []
-        last: ApiError | None = None
-        while True:
-            choice = choose([b for b in backends if b not in tried], next(turn))
-            if isinstance(choice, str):
-                if last is not None:  # failing over found no other backend: report the failure
-                    backend_errors.inc()
-                    raise last
-                return fallback(choice, rid)
-            if not tried and bucket is not None and not bucket.try_take():
-                return fallback("rate_limited", rid)
-            try:
-                reply = await attempt(choice, body, rid)
-            except ApiError as exc:
-                if exc.error != "backend_unavailable":
-                    backend_errors.inc()
-                    raise
-                # unreachable, or the connection dropped: a prediction is safe to repeat,
-                # so another backend may take it
-                tried.append(choice)
-                last = exc
-                continue
-            passed.inc()
-            return reply.response()
+    def snapshot(self) -> dict[str, Any]:
+        snapshots = [b.snapshot() for b in self.backends]
+        states = {str(s): sum(1 for x in snapshots if x["state"] == s) for s in State}
+        return {
+            "states": states,
+            "backends": snapshots,
+            "rate": self.bucket.snapshot() if self.bucket is not None else None,
+            "fallback_status": self.cfg.fallback_status,
+        }
 
+
+class Resources(TypedDict):
+    pool: Pool
+
+
+async def predict(request: Request) -> Response:
+    pool: Pool = request.state.pool
+    body = await request.body()
+    rid = request_id(request)
+    tried: list[Backend] = []
+    last: ApiError | None = None
+    while True:
+        choice = choose([b for b in pool.backends if b not in tried], next(pool.turn))
+        if isinstance(choice, str):
+            if last is not None:  # failing over found no other backend: report the failure
+                pool.backend_errors.inc()
+                raise last
+            return pool.fallback(choice, rid)
+        if not tried and pool.bucket is not None and not pool.bucket.try_take():
+            return pool.fallback("rate_limited", rid)
+        try:
+            reply = await pool.attempt(choice, body, rid)
+        except ApiError as exc:
+            if exc.error != "backend_unavailable":
+                pool.backend_errors.inc()
+                raise
+            # unreachable, or the connection dropped: a prediction is safe to repeat,
+            # so another backend may take it
+            tried.append(choice)
+            last = exc
+            continue
+        pool.passed.inc()
+        return reply.response()
+
+
+async def breaker(request: Request) -> Response:
+    pool: Pool = request.state.pool
+    return json_response(pool.snapshot())
+
+
+def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
+    cfg = settings or CircuitBreakSettings()
+    upstream = Upstream(cfg.backend_timeout_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        pool = Pool(cfg, upstream, state.metrics)
+        state.metadata.update(
+            backends=pool.urls, max_inflight=cfg.max_inflight, max_rps=cfg.max_rps,
+            fail_threshold=cfg.fail_threshold, cooldown_s=cfg.cooldown_s,
+            backend_timeout_ms=cfg.backend_timeout_ms, fallback_status=cfg.fallback_status,
+        )
+        yield {"pool": pool}
+
+    app = create_service(cfg, title="prediction circuit break: proxy", lifespan=lifespan,
+                         upstreams={"upstream": upstream})
     add_fast_route(
         app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
         responses={200: {"description": "the prediction, or the fallback (FALLBACK_STATUS=200)"},
                    422: {}, 502: {}, 503: {"description": "fallback: shed or breaker open"},
                    504: {}},
     )
-
-    @app.get("/breaker", tags=["ops"])
-    async def breaker() -> Response:
-        snapshots = [b.snapshot() for b in backends]
-        states = {str(s): sum(1 for x in snapshots if x["state"] == s) for s in State}
-        return json_response({
-            "states": states,
-            "backends": snapshots,
-            "rate": bucket.snapshot() if bucket is not None else None,
-            "fallback_status": cfg.fallback_status,
-        })
-
+    app.get("/breaker", tags=["ops"])(breaker)
     return app

@@ -15,23 +15,23 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from patternkit.proxy import Upstream
+from patternkit.backends import timed_call
+from patternkit.proxy import Reply, Upstream
 from patternkit.schemas import Row, RowId
 from patternkit.service import (
     ApiError,
+    Metrics,
     ServiceState,
+    add_fast_route,
     background,
     create_service,
-    fast_route,
     json_response,
     request_id,
     validation_error,
@@ -85,33 +85,29 @@ PIPELINE_OPENAPI: dict[str, Any] = {
 }
 
 
-@dataclass
-class StageReply:
-    stage: str
-    status: int
-    body: bytes
-    headers: dict[str, str]
+def stage_json(stage: str, reply: Reply) -> Any:
+    try:
+        return reply.json()
+    except orjson.JSONDecodeError:
+        raise ApiError(502, f"stage {stage} answered {reply.status} without JSON",
+                       "stage_error", headers={STAGE_HEADER: stage}) from None
 
-    def json(self) -> Any:
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError:
-            raise ApiError(502, f"stage {self.stage} answered {self.status} without JSON",
-                           "stage_error", headers={STAGE_HEADER: self.stage}) from None
 
-    def error_message(self) -> tuple[str, str, list[dict[str, Any]]]:
-        """(error, message, details) of a stage's uniform JSON error, or of its raw body."""
-        try:
-            body = orjson.loads(self.body)
-            return str(body["error"]), str(body["message"]), list(body.get("details") or [])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return "stage_error", self.body[:200].decode(errors="replace"), []
+def stage_error(reply: Reply) -> tuple[str, str, list[dict[str, Any]]]:
+    """(error, message, details) of a stage's uniform JSON error, or of its raw body."""
+    try:
+        body = orjson.loads(reply.body)
+        return str(body["error"]), str(body["message"]), list(body.get("details") or [])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "stage_error", reply.body[:200].decode(errors="replace"), []
 
 
 class Stages:
-    """Calls the stages on one pooled client, times each call and names the stage on failure."""
+    """Calls the stages on the service's pooled client, counts and times each call (declared
+    once: on /metrics and, as `stages.<stage>.calls|failures`, on /stats) and names the stage
+    on failure."""
 
-    def __init__(self, cfg: ProxySettings, registry: CollectorRegistry) -> None:
+    def __init__(self, cfg: ProxySettings, upstream: Upstream, metrics: Metrics) -> None:
         self.bases = {
             "retrieve": cfg.retrieve_url.rstrip("/"),
             "prep": cfg.prep_url.rstrip("/"),
@@ -119,20 +115,24 @@ class Stages:
         }
         self.urls = {stage: self.bases[stage] + path for stage, path in PATHS.items()}
         self.timeout_s = cfg.stage_timeout_ms / 1000
-        self.upstream = Upstream(self.timeout_s)
-        self.stats: dict[str, Any] = {s: {"calls": 0, "failures": 0} for s in STAGES}
-        self.seconds = Histogram(
-            "prep_pred_stage_duration_seconds", "round trip of one stage call", ["stage"],
-            registry=registry,
+        self.upstream = upstream
+        self.calls = metrics.counter(
+            "prep_pred_stage_calls", "stage calls made", {"stage": STAGES},
+            stat="stages.{stage}.calls",
+        )
+        self.failures = metrics.counter(
+            "prep_pred_stage_failures", "failed stage calls",
+            {"stage": STAGES, "reason": ("timeout", "unreachable")},
+            stat="stages.{stage}.failures",
+        )
+        self.seconds = metrics.histogram(
+            "prep_pred_stage_duration_seconds", "round trip of one stage call", {"stage": STAGES},
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.failures = Counter(
-            "prep_pred_stage_failures", "failed stage calls", ["stage", "reason"],
-            registry=registry,
+        self.mismatches = metrics.counter(
+            "prep_pred_train_run_mismatches", "prep and pred from different runs",
+            stat="train_run_mismatches",
         )
-
-    async def aclose(self) -> None:
-        await self.upstream.aclose()
 
     async def all_ready(self) -> bool:
         async def ready(base: str) -> bool:
@@ -156,51 +156,43 @@ class Stages:
                 found[stage] = None
         return found
 
-    def _failed(self, stage: str, reason: str) -> None:
-        self.stats[stage]["failures"] += 1
-        self.failures.labels(stage, reason).inc()
-
     async def call(
         self, stage: str, payload: dict[str, Any], rid: str | None, trace: list[dict[str, Any]],
         *, user_input: bool,
-    ) -> StageReply:
+    ) -> Reply:
         """POST `payload` to `stage`; a 200 comes back, anything else raises an ApiError.
 
         `user_input` says the payload is the caller's own data, so a 4xx is the caller's
         mistake and is passed on; a 4xx on another stage's output is a broken contract (502).
         """
-        url = self.urls[stage]
-        self.stats[stage]["calls"] += 1
+        self.calls.labels(stage).inc()
         started = time.perf_counter()
         step: dict[str, Any] = {"stage": stage}
         trace.append(step)
+        failed = {STAGE_HEADER: stage}
         try:
-            resp = await self.upstream.call("POST", url, body=orjson.dumps(payload), rid=rid)
+            reply, ms = await timed_call(
+                self.upstream, "POST", self.urls[stage], body=orjson.dumps(payload), rid=rid
+            )
         except ApiError as exc:
-            if exc.error == "backend_timeout":
-                step.update(status="timeout", ms=elapsed_ms(started))
-                self._failed(stage, "timeout")
+            reason = "timeout" if exc.error == "backend_timeout" else "unreachable"
+            step.update(status=reason, ms=elapsed_ms(started))
+            self.failures.labels(stage, reason).inc()
+            if reason == "timeout":
                 raise ApiError(
                     504, f"stage {stage} did not answer within {self.timeout_s * 1000:.0f} ms",
-                    "stage_timeout", trace, {STAGE_HEADER: stage},
+                    "stage_timeout", trace, failed,
                 ) from None
-            step.update(status="unreachable", ms=elapsed_ms(started))
-            self._failed(stage, "unreachable")
-            raise ApiError(
-                503, f"stage {stage} is unavailable: {exc.message}",
-                "stage_unavailable", trace, {STAGE_HEADER: stage},
-            ) from None
-        ms = elapsed_ms(started)
+            raise ApiError(503, f"stage {stage} is unavailable: {exc.message}",
+                           "stage_unavailable", trace, failed) from None
         self.seconds.labels(stage).observe(ms / 1000)
-        step.update(status=resp.status, ms=ms, served_by=resp.headers.get("x-served-by"))
-        reply = StageReply(stage, resp.status, resp.body, resp.headers)
+        step.update(status=reply.status, ms=ms, served_by=reply.headers.get("x-served-by"))
         if reply.status == 200:
             return reply
-        error, message, details = reply.error_message()
-        failed = {STAGE_HEADER: stage}
+        error, message, details = stage_error(reply)
         if reply.status < 500 and user_input:
             raise ApiError(reply.status, f"{stage}: {message}", error, details, failed)
-        self._failed(stage, str(reply.status))
+        self.failures.labels(stage, str(reply.status)).inc()
         if reply.status < 500:
             raise ApiError(502, f"stage {stage} refused its input ({reply.status}: {message})",
                            "stage_contract", trace, failed)
@@ -226,108 +218,114 @@ def parse_request(body: bytes, max_rows: int) -> PipelineRequest:
     return req
 
 
-def stage_fields(reply: StageReply, *keys: str) -> dict[str, Any]:
+def stage_fields(stage: str, reply: Reply, *keys: str) -> dict[str, Any]:
     """The stage's JSON reply, which must hold `keys` (a 502 naming the stage if not)."""
-    body = reply.json()
+    body = stage_json(stage, reply)
     missing = [k for k in keys if not isinstance(body, dict) or k not in body]
     if missing:
-        raise ApiError(502, f"stage {reply.stage} answered without `{missing[0]}`",
-                       "stage_contract", headers={STAGE_HEADER: reply.stage})
+        raise ApiError(502, f"stage {stage} answered without `{missing[0]}`",
+                       "stage_contract", headers={STAGE_HEADER: stage})
     fields: dict[str, Any] = body
     return fields
 
 
+class Resources(TypedDict):
+    """What the routes read from the lifespan state (`request.state.<name>`)."""
+
+    stages: Stages
+
+
+def check_lineage(
+    state: ServiceState, stages: Stages, prep: Reply, pred: Reply, trace: list[dict[str, Any]]
+) -> str:
+    """The train_run_id prep and pred both report, or a 409 naming both (a 502 if missing)."""
+    ids = {"prep": prep.headers.get(RUN_ID_HEADER), "pred": pred.headers.get(RUN_ID_HEADER)}
+    state.stats["train_run_ids"] = ids
+    for stage, run_id in ids.items():
+        if not run_id:
+            raise ApiError(502, f"stage {stage} did not report its train_run_id",
+                           "stage_contract", trace, {STAGE_HEADER: stage})
+    if ids["prep"] != ids["pred"]:
+        stages.mismatches.inc()
+        raise ApiError(
+            409,
+            f"prep and pred come from different training runs: prep has train_run_id "
+            f"{ids['prep']}, pred has {ids['pred']}; deploy both stages from one run",
+            "train_run_mismatch",
+            [*trace, {"train_run_ids": ids}],
+        )
+    return str(ids["pred"])
+
+
+async def predict(request: Request) -> Response:
+    started = time.perf_counter()
+    cfg: ProxySettings = request.state.settings
+    stages: Stages = request.state.stages
+    req = parse_request(await request.body(), cfg.max_batch_rows)
+    rid = request_id(request)
+    trace: list[dict[str, Any]] = []
+    data: Any = req.data
+    if req.ids is not None:
+        found = await stages.call("retrieve", {"ids": req.ids}, rid, trace, user_input=True)
+        data = stage_fields("retrieve", found, "data")["data"]
+    prep = await stages.call("prep", {"data": data}, rid, trace, user_input=req.ids is None)
+    scaled = stage_fields("prep", prep, "data")["data"]
+    pred = await stages.call("pred", {"data": scaled}, rid, trace, user_input=False)
+    run_id = check_lineage(request.state.service, stages, prep, pred, trace)
+    result = stage_fields("pred", pred, "prediction", "probabilities", "model", "version")
+    timing = ", ".join(f"{s['stage']};dur={s['ms']}" for s in trace)
+    return json_response(
+        {
+            "prediction": result["prediction"],
+            "probabilities": result["probabilities"],
+            "model": result["model"],
+            "version": result["version"],
+            "train_run_id": run_id,
+            "ids": req.ids,
+            "stages": trace,
+            "total_ms": elapsed_ms(started),
+            "request_id": req.request_id or rid,
+        },
+        headers={
+            RUN_ID_HEADER: run_id,
+            "x-model-version": str(result["version"]),
+            "x-stages": ",".join(s["stage"] for s in trace),
+            "server-timing": timing,
+        },
+    )
+
+
+async def watch_start(state: ServiceState, stages: Stages) -> None:
+    """Turn ready once every stage answers /ready, and say if prep and pred disagree."""
+    while not await stages.all_ready():
+        await asyncio.sleep(0.1)
+    ids = state.stats["train_run_ids"] = await stages.run_ids()
+    if ids["prep"] != ids["pred"]:
+        log.warning("prep and pred come from different training runs (%s vs %s): "
+                    "every /predict will be a 409", ids["prep"], ids["pred"])
+    state.ready = True
+    log.info("ready: every stage answers; train_run_ids %s", ids)
+
+
 def create_app(settings: ProxySettings | None = None) -> FastAPI:
     cfg = settings or ProxySettings()
-    res: dict[str, Stages] = {}
-
-    async def watch_start(state: ServiceState, stages: Stages) -> None:
-        """Turn ready once every stage answers /ready, and say if prep and pred disagree."""
-        while not await stages.all_ready():
-            await asyncio.sleep(0.1)
-        ids = state.stats["train_run_ids"] = await stages.run_ids()
-        if ids["prep"] != ids["pred"]:
-            log.warning("prep and pred come from different training runs (%s vs %s): "
-                        "every /predict will be a 409", ids["prep"], ids["pred"])
-        state.ready = True
-        log.info("ready: every stage answers; train_run_ids %s", ids)
+    upstream = Upstream(cfg.stage_timeout_ms / 1000)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        stages = res["stages"] = Stages(cfg, state.registry)
-        state.stats.update(stages=stages.stats, train_run_mismatches=0,
-                           train_run_ids={"prep": None, "pred": None})
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        stages = Stages(cfg, upstream, state.metrics)
+        state.stats["train_run_ids"] = {"prep": None, "pred": None}
         state.metadata.update(stages=stages.urls, stage_timeout_ms=cfg.stage_timeout_ms)
-        try:
-            async with background(watch_start(state, stages)):
-                yield
-        finally:
-            await stages.aclose()
+        async with background(watch_start(state, stages)):
+            yield {"stages": stages}
 
     # ready (200 on /ready) once all three stages are: see watch_start()
-    app = create_service(cfg, title="prep-pred: proxy (D2)", lifespan=lifespan, auto_ready=False)
-    state: ServiceState = app.state.service
-    mismatches = Counter("prep_pred_train_run_mismatches", "prep and pred from different runs",
-                         registry=state.registry)
-
-    def check_lineage(prep: StageReply, pred: StageReply, trace: list[dict[str, Any]]) -> str:
-        ids = {r.stage: r.headers.get(RUN_ID_HEADER) for r in (prep, pred)}
-        state.stats["train_run_ids"] = ids
-        for stage, run_id in ids.items():
-            if not run_id:
-                raise ApiError(502, f"stage {stage} did not report its train_run_id",
-                               "stage_contract", trace, {STAGE_HEADER: stage})
-        if ids["prep"] != ids["pred"]:
-            state.stats["train_run_mismatches"] += 1
-            mismatches.inc()
-            raise ApiError(
-                409,
-                f"prep and pred come from different training runs: prep has train_run_id "
-                f"{ids['prep']}, pred has {ids['pred']}; deploy both stages from one run",
-                "train_run_mismatch",
-                [*trace, {"train_run_ids": ids}],
-            )
-        return str(ids["pred"])
-
-    @fast_route(
-        app, "/predict",
+    app = create_service(cfg, title="prep-pred: proxy (D2)", lifespan=lifespan,
+                         upstreams={"upstream": upstream}, auto_ready=False)
+    add_fast_route(
+        app, "/predict", predict, ["POST"],
         tags=["predict"],
         openapi_extra=PIPELINE_OPENAPI,
         responses={404: {}, 409: {}, 413: {}, 422: {}, 502: {}, 503: {}, 504: {}},
     )
-    async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        req = parse_request(await request.body(), cfg.max_batch_rows)
-        stages, rid = res["stages"], request_id(request)
-        trace: list[dict[str, Any]] = []
-        data: Any = req.data
-        if req.ids is not None:
-            found = await stages.call("retrieve", {"ids": req.ids}, rid, trace, user_input=True)
-            data = stage_fields(found, "data")["data"]
-        prep = await stages.call("prep", {"data": data}, rid, trace, user_input=req.ids is None)
-        scaled = stage_fields(prep, "data")["data"]
-        pred = await stages.call("pred", {"data": scaled}, rid, trace, user_input=False)
-        run_id = check_lineage(prep, pred, trace)
-        result = stage_fields(pred, "prediction", "probabilities", "model", "version")
-        timing = ", ".join(f"{s['stage']};dur={s['ms']}" for s in trace)
-        return json_response(
-            {
-                "prediction": result["prediction"],
-                "probabilities": result["probabilities"],
-                "model": result["model"],
-                "version": result["version"],
-                "train_run_id": run_id,
-                "ids": req.ids,
-                "stages": trace,
-                "total_ms": elapsed_ms(started),
-                "request_id": req.request_id or rid,
-            },
-            headers={
-                RUN_ID_HEADER: run_id,
-                "x-model-version": str(result["version"]),
-                "x-stages": ",".join(s["stage"] for s in trace),
-                "server-timing": timing,
-            },
-        )
-
     return app

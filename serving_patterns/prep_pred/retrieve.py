@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypedDict
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -19,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from patternkit.db import make_engine, show_url
-from patternkit.faults import Faults, InjectedFault
+from patternkit.faults import Faults
+from patternkit.predictor import apply_faults
 from patternkit.schemas import RowId
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
@@ -55,49 +57,53 @@ def count_rows(engine: sa.Engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(FEATURES)).scalar_one())
 
 
+class Resources(TypedDict):
+    """What the route reads from the lifespan state (`request.state.<name>`)."""
+
+    engine: sa.Engine
+    faults: Faults
+
+
+async def features(req: FeatureRequest, request: Request) -> Response:
+    cfg: RetrieveSettings = request.state.settings
+    if len(req.ids) > cfg.max_ids:
+        raise ApiError(413, f"{len(req.ids)} ids exceed the limit of {cfg.max_ids} (MAX_IDS)")
+    await apply_faults(request.state.faults)
+    try:
+        found = await asyncio.to_thread(fetch, request.state.engine, req.ids)
+    except SQLAlchemyError as exc:
+        raise ApiError(
+            503, f"the feature store is unavailable: {type(exc).__name__}", "store_unavailable"
+        ) from None
+    missing = sorted({i for i in req.ids if i not in found})
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ApiError(404, f"no feature row for ids {shown} in {TABLE}", "unknown_ids",
+                       [{"loc": "body.ids", "msg": f"unknown id {i}"} for i in missing[:10]])
+    return json_response({
+        "ids": req.ids,
+        "data": [found[i] for i in req.ids],
+        "features": FEATURE_COLUMNS,
+        "served_by": cfg.served_by,
+        "request_id": request_id(request),
+    })
+
+
 def create_app(settings: RetrieveSettings | None = None) -> FastAPI:
     cfg = settings or RetrieveSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
-    res: dict[str, sa.Engine] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        engine = res["engine"] = make_engine(cfg.database_url)
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
+        engine = make_engine(cfg.database_url)
         rows = await asyncio.to_thread(count_rows, engine)  # no table: start-up fails here
         state.metadata.update(
             table=TABLE, rows=rows, features=list(FEATURE_COLUMNS), max_ids=cfg.max_ids,
             database=show_url(engine),
         )
-        yield
+        yield {"engine": engine, "faults": faults}
         engine.dispose()
 
     app = create_service(cfg, title="prep-pred: retrieve (features by id)", lifespan=lifespan)
-
-    @app.post("/features", tags=["retrieve"])
-    async def features(req: FeatureRequest, request: Request) -> Response:
-        if len(req.ids) > cfg.max_ids:
-            raise ApiError(413, f"{len(req.ids)} ids exceed the limit of {cfg.max_ids} (MAX_IDS)")
-        try:
-            await faults.apply()
-        except InjectedFault as exc:
-            raise ApiError(500, str(exc), "injected_fault") from None
-        try:
-            found = await asyncio.to_thread(fetch, res["engine"], req.ids)
-        except SQLAlchemyError as exc:
-            raise ApiError(
-                503, f"the feature store is unavailable: {type(exc).__name__}", "store_unavailable"
-            ) from None
-        missing = sorted({i for i in req.ids if i not in found})
-        if missing:
-            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-            raise ApiError(404, f"no feature row for ids {shown} in {TABLE}", "unknown_ids",
-                           [{"loc": "body.ids", "msg": f"unknown id {i}"} for i in missing[:10]])
-        return json_response({
-            "ids": req.ids,
-            "data": [found[i] for i in req.ids],
-            "features": FEATURE_COLUMNS,
-            "served_by": cfg.served_by,
-            "request_id": request_id(request),
-        })
-
+    app.post("/features", tags=["retrieve"])(features)
     return app

@@ -155,7 +155,7 @@ def test_poison_in_b_kills_the_monolith_but_only_b_in_microservices(
         resp = call(micro, "b", poison)
         assert isinstance(resp, httpx.Response)
         assert resp.status_code == 502, resp.text
-        assert resp.json()["message"].startswith("model b gave no answer")
+        assert resp.json()["message"].startswith("model b: gave no answer")
         assert resp.json()["details"][0]["backend"] == "b"
         wait_until(lambda: stack.status("b")[0].state == "exited", timeout=10,
                    what="b exiting after the poison input")
@@ -164,7 +164,8 @@ def test_poison_in_b_kills_the_monolith_but_only_b_in_microservices(
         assert isinstance(resp, httpx.Response)
         assert resp.status_code == 502, resp.text
         assert resp.json()["error"] == "backend_unavailable"
-        assert resp.json()["message"].startswith("model b gave no answer (connection refused)")
+        assert resp.json()["message"].startswith("model b: unreachable at http://")
+        assert resp.json()["message"].endswith("(connection refused)")
         stats = micro.stats()["models"]
     report(f"after poison hit B: monolith {mono_failed}/{N} A+C calls failed; "
            f"microservices {micro_failed}/{N}")
