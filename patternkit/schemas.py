@@ -25,14 +25,30 @@ RowIdPath = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="the row's id")
 """The same range for a path parameter (`/rows/{row_id}`), which arrives as text."""
 
 
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+"""The example row of the docs ("Try it out") and of `make run`: the first iris sample."""
+PREDICT_EXAMPLE: dict[str, Any] = {"data": [IRIS_ROW]}
+PREDICTION_EXAMPLE: dict[str, Any] = {
+    "prediction": [0],
+    "probabilities": [[0.979, 0.021, 0.0]],
+    "model": "iris_lr",
+    "version": "2f1c0d9a6b7e",
+    "served_by": "predictor-1",
+    "request_id": "5d0c8f1e2b3a4c6d",
+}
+"""What a predictor answers to PREDICT_EXAMPLE (the documented response example)."""
+
+
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PREDICT_EXAMPLE]})
 
     data: list[Row] = Field(..., min_length=1, description="rows of feature values")
     request_id: str | None = Field(None, max_length=128)
 
 
 class PredictResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PREDICTION_EXAMPLE]})
+
     prediction: list[int]
     probabilities: list[list[float]]
     model: str
@@ -44,10 +60,19 @@ class PredictResponse(BaseModel):
 PREDICT_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        "content": {"application/json": {
+            "schema": PredictRequest.model_json_schema(),
+            "example": PREDICT_EXAMPLE,  # what Swagger UI's "Try it out" sends
+        }},
     },
 }
 """`openapi_extra` for an endpoint that reads a PredictRequest body itself."""
+
+
+def response_example(example: Any, description: str = "Successful Response") -> dict[str, Any]:
+    """A `responses` entry showing `example` as the JSON reply (for routes that return a
+    Response themselves and so have no response_model to show)."""
+    return {"description": description, "content": {"application/json": {"example": example}}}
 
 
 class ErrorBody(BaseModel):
