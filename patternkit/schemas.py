@@ -30,11 +30,11 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 PREDICT_EXAMPLE: dict[str, Any] = {"data": [IRIS_ROW]}
 PREDICTION_EXAMPLE: dict[str, Any] = {
     "prediction": [0],
-    "probabilities": [[0.979, 0.021, 0.0]],
+    "probabilities": [[0.978716, 0.021283142, 8.2392006e-07]],
     "model": "iris_lr",
-    "version": "2f1c0d9a6b7e",
+    "version": "1.0.0",
     "served_by": "predictor-1",
-    "request_id": "5d0c8f1e2b3a4c6d",
+    "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9",
 }
 """What a predictor answers to PREDICT_EXAMPLE (the documented response example)."""
 
@@ -69,10 +69,29 @@ PREDICT_OPENAPI: dict[str, Any] = {
 """`openapi_extra` for an endpoint that reads a PredictRequest body itself."""
 
 
-def response_example(example: Any, description: str = "Successful Response") -> dict[str, Any]:
-    """A `responses` entry showing `example` as the JSON reply (for routes that return a
-    Response themselves and so have no response_model to show)."""
-    return {"description": description, "content": {"application/json": {"example": example}}}
+def with_examples(
+    openapi_extra: dict[str, Any] | None = None,
+    *,
+    request: Any = None,
+    response: Any = None,
+    status: int = 200,
+) -> dict[str, Any]:
+    """`openapi_extra` (PREDICT_OPENAPI by default) plus a request and a response example.
+
+    FastAPI merges `openapi_extra` into the generated operation, so this adds the examples
+    without replacing a body schema or a response's description: e.g.
+    `openapi_extra=with_examples(response={"job_id": "...", "status": "pending"}, status=202)`.
+    """
+    base = PREDICT_OPENAPI if openapi_extra is None else openapi_extra
+    extra: dict[str, Any] = {**base}
+    if request is not None:
+        body = {**extra.get("requestBody", {})}
+        content = {**body.get("content", {})}
+        content["application/json"] = {**content.get("application/json", {}), "example": request}
+        extra["requestBody"] = {**body, "content": content}
+    if response is not None:
+        extra["responses"] = {str(status): {"content": {"application/json": {"example": response}}}}
+    return extra
 
 
 class ErrorBody(BaseModel):
