@@ -87,6 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     where = folder.relative_to(repo_root()) if folder.is_relative_to(repo_root()) else folder
     print(f"booting {topology.id} {topology.title} ({where}) ...", flush=True)
+    stack.on_event = lambda line: print(line, flush=True)  # boot progress, then exits
     with stack, ControlServer(stack, folder):
         print(format_table(status_rows(stack)))
         entry = stack.url()
@@ -101,7 +102,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Ctrl-C stops every service.",
             flush=True,
         )
-        stack.on_event = lambda line: print(line, flush=True)
         stop.wait()
         stack.on_event = None
         print("\nstopping ...", flush=True)
@@ -172,21 +172,31 @@ def load_scenario(folder: Path, spec: str | None) -> Callable[[Stack], list[dict
     return scenario
 
 
-def demo_one(folder: Path, env: dict[str, dict[str, str]] | None = None) -> bool:
+def demo_one(
+    folder: Path, env: dict[str, dict[str, str]] | None = None, step: str = ""
+) -> dict[str, Any]:
+    """Boot, run the scenario, print its observations; the tour's summary row."""
     topology = load_topology(folder)
-    print(f"\n== {topology.id} {topology.title}: {topology.summary}", flush=True)
-    scenario = load_scenario(folder, topology.scenario)
+    print(f"\n== {step}{topology.id} {topology.title}: {topology.summary}", flush=True)
+    row: dict[str, Any] = {"pattern": f"{topology.id} {topology.title}", "boot": "-",
+                           "result": "fail", "what it proves": topology.proves or topology.summary}
     started = time.perf_counter()
     try:
-        with Stack(folder, run_dir_for(topology.name), env=env) as stack:
+        scenario = load_scenario(folder, topology.scenario)
+        stack = Stack(folder, run_dir_for(topology.name), env=env)
+        stack.on_event = lambda line: print(f"  {line}", flush=True)
+        with stack:
             took = time.perf_counter() - started
+            row["boot"] = f"{took:.1f}s"
             print(f"booted in {took:.1f}s; running the scenario", flush=True)
+            stack.on_event = None  # the scenario's own kills and restarts are its story
             observed = scenario(stack)
-    except (StackError, AssertionError) as exc:
-        print(f"demo of {topology.name} failed: {exc}", flush=True)
-        return False
+    except Exception as exc:  # a tour goes on past a broken pattern, and says which broke
+        print(f"demo of {topology.name} failed: {type(exc).__name__}: {exc}", flush=True)
+        return row
     print(format_table(observed), flush=True)
-    return True
+    row["result"] = "pass"
+    return row
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -195,8 +205,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         discover(root), key=lambda folder: position(folder, root)
     )
     env = parse_sets(args.set)
-    results = [demo_one(folder, env) for folder in folders]
-    return 0 if all(results) else 1
+    began = time.perf_counter()
+    rows = [demo_one(folder, env, f"[{i}/{len(folders)}] ")
+            for i, folder in enumerate(folders, 1)]
+    passed = sum(row["result"] == "pass" for row in rows)
+    took = time.perf_counter() - began
+    print(f"\n== summary: {passed} of {len(rows)} passed in {took:.0f}s", flush=True)
+    print(format_table(rows), flush=True)
+    return 0 if passed == len(rows) else 1
 
 
 def rendered_files(root: Path) -> list[tuple[Path, str]]:

@@ -25,14 +25,30 @@ RowIdPath = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="the row's id")
 """The same range for a path parameter (`/rows/{row_id}`), which arrives as text."""
 
 
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+"""The example row of the docs ("Try it out") and of `make run`: the first iris sample."""
+PREDICT_EXAMPLE: dict[str, Any] = {"data": [IRIS_ROW]}
+PREDICTION_EXAMPLE: dict[str, Any] = {
+    "prediction": [0],
+    "probabilities": [[0.978716, 0.021283142, 8.2392006e-07]],
+    "model": "iris_lr",
+    "version": "1.0.0",
+    "served_by": "predictor-1",
+    "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9",
+}
+"""What a predictor answers to PREDICT_EXAMPLE (the documented response example)."""
+
+
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PREDICT_EXAMPLE]})
 
     data: list[Row] = Field(..., min_length=1, description="rows of feature values")
     request_id: str | None = Field(None, max_length=128)
 
 
 class PredictResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PREDICTION_EXAMPLE]})
+
     prediction: list[int]
     probabilities: list[list[float]]
     model: str
@@ -44,10 +60,38 @@ class PredictResponse(BaseModel):
 PREDICT_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        "content": {"application/json": {
+            "schema": PredictRequest.model_json_schema(),
+            "example": PREDICT_EXAMPLE,  # what Swagger UI's "Try it out" sends
+        }},
     },
 }
 """`openapi_extra` for an endpoint that reads a PredictRequest body itself."""
+
+
+def with_examples(
+    openapi_extra: dict[str, Any] | None = None,
+    *,
+    request: Any = None,
+    response: Any = None,
+    status: int = 200,
+) -> dict[str, Any]:
+    """`openapi_extra` (PREDICT_OPENAPI by default) plus a request and a response example.
+
+    FastAPI merges `openapi_extra` into the generated operation, so this adds the examples
+    without replacing a body schema or a response's description: e.g.
+    `openapi_extra=with_examples(response={"job_id": "...", "status": "pending"}, status=202)`.
+    """
+    base = PREDICT_OPENAPI if openapi_extra is None else openapi_extra
+    extra: dict[str, Any] = {**base}
+    if request is not None:
+        body = {**extra.get("requestBody", {})}
+        content = {**body.get("content", {})}
+        content["application/json"] = {**content.get("application/json", {}), "example": request}
+        extra["requestBody"] = {**body, "content": content}
+    if response is not None:
+        extra["responses"] = {str(status): {"content": {"application/json": {"example": response}}}}
+    return extra
 
 
 class ErrorBody(BaseModel):

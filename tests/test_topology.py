@@ -231,3 +231,29 @@ def test_compose_renders_a_sql_backing_as_postgres() -> None:
     assert services["a"]["depends_on"] == {"db": {"condition": "service_healthy"}}
     assert services["a"]["environment"]["DATABASE_URL"] == (
         "postgresql://postgres:patterns@db:5432/patterns")
+
+
+def test_boot_progress_is_reported_and_logged_but_silent_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = topo({"train": {"run": py("print('trained')"), "oneshot": True},
+              "api": {"run": py("print('ready', flush=True); import time; time.sleep(30)"),
+                      "ready_log": "ready", "depends_on": ["train"]}}, entry="api")
+    quiet = Stack(t, tmp_path / "quiet")
+    with quiet:
+        pass
+    assert capsys.readouterr().out == ""  # tests and library users see nothing
+    assert "api ready in" in (quiet.run_dir / "events.log").read_text()
+
+    lines: list[str] = []
+    stack = Stack(t, tmp_path / "loud")
+    stack.on_event = lines.append  # what `make run` and `make demo` print
+    with stack:
+        pass
+    said = [line.split(" ", 1)[1] for line in lines]  # without the HH:MM:SS stamp
+    assert said[0] == "train starting"
+    assert re.fullmatch(r"train finished in \d+\.\ds", said[1])
+    assert said[2] == "api starting"
+    assert re.fullmatch(r"api ready in \d+\.\ds", said[3])
+    assert re.fullmatch(r"t: 2 processes up in \d+\.\ds", said[4])
+    assert stack.boot_s is not None and stack.boot_s > 0

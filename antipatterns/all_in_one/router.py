@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from patternkit.backends import Backend, call_backend, parse_backends
 from patternkit.predictor import PREDICT_OPENAPI
 from patternkit.proxy import Upstream
+from patternkit.schemas import PredictResponse
 from patternkit.service import ApiError, ServiceState, create_service, request_id
 from patternkit.settings import ServiceSettings
 
@@ -87,7 +88,8 @@ def create_app(settings: RouterSettings | None = None) -> FastAPI:
         "/predict/{model}",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
-        responses={404: {"description": "no such model"}, 413: {}, 422: {},
+        responses={200: {"model": PredictResponse},
+                   404: {"description": "no such model"}, 413: {}, 422: {},
                    502: {"description": "the model's service crashed or is down; named"},
                    504: {"description": "the model's service missed BACKEND_TIMEOUT_MS"}},
     )(predict)

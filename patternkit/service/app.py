@@ -16,6 +16,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 
+from patternkit.service.docs import install_docs
 from patternkit.service.errors import install_error_handlers
 from patternkit.service.middleware import ServiceMiddleware
 from patternkit.service.routes import install_openapi, install_ops_routes, ops_routes_last
@@ -99,10 +100,12 @@ def create_service(
             for client in clients.values():
                 await client.aclose()
 
-    app = FastAPI(title=title or settings.service_name, version=version, lifespan=scaffold_lifespan)
+    app = FastAPI(title=title or settings.service_name, version=version, lifespan=scaffold_lifespan,
+                  docs_url=None, redoc_url=None)  # install_docs serves them without a CDN
     app.state.service = state
     app.state.doc_routes = []
     install_openapi(app)
+    install_docs(app)
     install_error_handlers(app)
     install_ops_routes(app, state)
     app.add_middleware(ServiceMiddleware, state=state)

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 
+from patternkit.service.docs import DOCS_PATHS, complete_openapi
 from patternkit.service.errors import error_response, json_response
 from patternkit.service.middleware import OPS_PATHS
 from patternkit.service.state import Endpoint, ServiceState
@@ -52,14 +53,14 @@ def fast_route(
 
 
 def install_openapi(app: FastAPI) -> None:
-    """OpenAPI from the app's routes plus the documented fast routes."""
+    """OpenAPI from the app's routes plus the documented fast routes, errors in one shape."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
+            app.openapi_schema = complete_openapi(get_openapi(
                 title=app.title, version=app.version,
                 routes=[*app.routes, *app.state.doc_routes],
-            )
+            ))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -68,7 +69,7 @@ def install_openapi(app: FastAPI) -> None:
 def ops_routes_last(app: FastAPI) -> None:
     """Match the service's own routes before probes and docs: routes are tried in order."""
     routes = app.router.routes
-    ops = {*OPS_PATHS, app.openapi_url, app.docs_url, app.redoc_url, "/docs/oauth2-redirect"}
+    ops = {*OPS_PATHS, *DOCS_PATHS, app.openapi_url}
     routes[:] = sorted(routes, key=lambda r: getattr(r, "path", None) in ops)
 
 

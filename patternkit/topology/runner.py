@@ -201,7 +201,9 @@ class Stack:
         self.grace = grace
         self.procs: dict[str, Proc] = {}
         self.started: list[str] = []
-        self.on_event: Callable[[str], None] | None = None  # e.g. print, for `make run`
+        # every event (boot progress, exits, restarts) also goes here, e.g. print for `make run`
+        self.on_event: Callable[[str], None] | None = None
+        self.boot_s: float | None = None  # how long start() took, once it has
         self._lock = threading.RLock()
         self._halt = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -301,14 +303,24 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        """Boot every service in dependency order, then supervise them until `stop()`."""
+        """Boot every service in dependency order, then supervise them until `stop()`.
+
+        Progress is an event per process (`starting`, `ready in 1.2s`, a oneshot's
+        `finished in 4.4s`) and one when all are up: in events.log and to `on_event`.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
         for level in self.topology.order():
             members = [p for n in level for p in self.procs.values() if p.service == n]
             for proc in members:
                 self._spawn(proc)
+                if not proc.external_url:
+                    self._event(f"{proc.name} starting")
             self._await_ready(members)
+        self.boot_s = time.monotonic() - began
+        self._event(f"{self.topology.name}: {len(self.started)} processes up "
+                    f"in {self.boot_s:.1f}s")
         self._halt.clear()
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervisor-{self.topology.name}", daemon=True
@@ -384,7 +396,10 @@ class Stack:
         waiting = list(procs)
         with httpx.Client(timeout=1.0) as client:
             while waiting:
-                waiting = [p for p in waiting if not self._is_ready(p, client)]
+                ready = [p for p in waiting if self._is_ready(p, client)]
+                for proc in ready:
+                    self._booted(proc)
+                waiting = [p for p in waiting if p not in ready]
                 if not waiting:
                     return
                 if time.monotonic() > deadline:
@@ -394,6 +409,14 @@ class Stack:
                         + "\n".join(self._failure(p, "was not ready") for p in waiting)
                     )
                 time.sleep(POLL_S)
+
+    def _booted(self, proc: Proc) -> None:
+        """The progress event of a process that just became ready (or a oneshot that ended)."""
+        if proc.external_url:
+            self._event(f"{proc.name} is external (REDIS_URL) and answers")
+            return
+        took = time.time() - proc.spawned_at
+        self._event(f"{proc.name} {'finished' if proc.oneshot else 'ready'} in {took:.1f}s")
 
     def _failure(self, proc: Proc, what: str) -> str:
         tail = proc.tail(this_run=True)

@@ -177,6 +177,7 @@ class Topology(BaseModel):
     id: str = Field(..., description="catalogue id, e.g. S1")
     title: str
     summary: str
+    proves: str = Field("", description="one line: what its demo shows (the tour's summary)")
     category: Literal["serving", "qa", "training", "operation", "lifecycle", "antipattern"]
     entry: str = Field(..., description="the service a user talks to")
     scenario: str | None = Field(None, pattern=r"^[\w.]+:\w+$")

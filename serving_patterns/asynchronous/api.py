@@ -96,7 +96,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = create_service(cfg, title="asynchronous: job API", lifespan=lifespan)
     app.post(
         "/predict", status_code=202, tags=["jobs"], openapi_extra=PREDICT_OPENAPI,
-        responses={413: {"description": "body or batch too large"}, 422: {}, 503: {}},
+        responses={202: {"description": "queued; poll result_url (also the Location header)",
+                         "content": {"application/json": {"example": {
+                             "job_id": "7c47cd0f8e97457c87dbd9d0c23a04fc", "status": "pending",
+                             "result_url": "/result/7c47cd0f8e97457c87dbd9d0c23a04fc",
+                             "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9"}}}},
+                   413: {"description": "body or batch too large"}, 422: {}, 503: {}},
     )(submit)
     app.get("/result/{job_id}", tags=["jobs"])(result)
     return app

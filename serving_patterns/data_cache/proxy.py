@@ -157,6 +157,17 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="data cache: proxy", lifespan=lifespan,
                          upstreams={"upstream": upstream})
-    app.post("/predict", tags=["predict"],
-             responses={404: {}, 422: {}, 502: {}, 504: {}})(predict)
+    app.post(
+        "/predict", tags=["predict"], responses={404: {}, 422: {}, 502: {}, 504: {}},
+        openapi_extra={
+            "requestBody": {"content": {"application/json": {"example": {"item_id": 7}}}},
+            "responses": {"200": {"content": {"application/json": {"example": {
+                "prediction": [0], "probabilities": [[0.98685384, 0.013145363, 7.216843e-07]],
+                "model": "iris_lr", "version": "1.0.0", "served_by": "predictor",
+                "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9", "item_id": 7,
+                "features": [4.6, 3.4, 1.4, 0.3],
+                "features_updated_at": "2026-12-01T21:20:01.300611+00:00",
+                "data_source": "dwh"}}}}},
+        },
+    )(predict)
     return app

@@ -1,38 +1,26 @@
-"""Headless Chromium for S13: opens the distribution's web page and reads what it shows.
+"""The S13 page in headless Chromium: waits for its in-browser prediction, types rows.
 
 The page runs the model with onnxruntime-web and writes its outcome into the DOM only after
-`session.run` resolves. `Browser` starts Debian's `chromium` with a fresh profile and the
-DevTools protocol on a free port; a `Page` polls the DOM through `Runtime.evaluate` until the
-page reports `done` or `error` (with a deadline), and types rows into the form like a user.
-It needs only `websockets` (which uvicorn[standard] brings) and httpx.
+`session.run` resolves. `EdgePage` polls the DOM (with a deadline) until the page reports
+`done` or `error`, and types rows into the form like a user; `Browser` is patternkit's
+headless Chromium (`patternkit.browser`) opening its tabs as `EdgePage`s.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import httpx
-from websockets.sync.client import ClientConnection, connect
-
+from patternkit import browser
+from patternkit.browser import Page, chromium_binary
 from patternkit.client import wait_until
 from serving_patterns.edge_prediction.distribution import STATIC_DIR
 
+__all__ = ["Browser", "EdgePage", "chromium_binary", "missing_vendor_files"]
+
 VENDOR_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--remote-debugging-port=0",
-]
+
 # What the page shows; null until its elements exist.
 PAGE_STATE_JS = """(() => {
   const q = (id) => document.getElementById(id);
@@ -54,117 +42,12 @@ SUBMIT_JS = """((row) => {
 })(%s)"""
 
 
-def chromium_binary() -> str | None:
-    """`CHROMIUM` if set, else Debian's chromium on PATH (None when there is none)."""
-    return os.environ.get("CHROMIUM") or shutil.which("chromium")
-
-
 def missing_vendor_files(static_dir: Path = STATIC_DIR) -> list[str]:
     return [name for name in VENDOR_FILES if not (static_dir / "vendor" / name).is_file()]
 
 
-class Browser:
-    """One headless Chromium; use as a context manager, then `with browser.open(url) as page`."""
-
-    def __init__(self, binary: str | None = None, timeout: float = 30.0) -> None:
-        found = binary or chromium_binary()
-        if not found:
-            raise RuntimeError("no chromium binary (apt-get install chromium, or set CHROMIUM)")
-        self.binary = found
-        self.timeout = timeout
-        self.profile = Path(tempfile.mkdtemp(prefix="edge-chromium-"))
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def __enter__(self) -> Browser:
-        log = (self.profile / "chromium.log").open("wb")
-        self.popen = subprocess.Popen(
-            [self.binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        try:
-            self.port = wait_until(self._devtools_port, self.timeout, 0.05,
-                                   "chromium opening its DevTools port")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _devtools_port(self) -> int | None:
-        assert self.popen is not None
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"chromium exited with {self.popen.returncode}: {self.log_tail()}")
-        try:
-            first = (self.profile / "DevToolsActivePort").read_text().splitlines()[0]
-            return int(first)
-        except (OSError, IndexError, ValueError):
-            return None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = (self.profile / "chromium.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    @contextmanager
-    def open(self, url: str) -> Iterator[Page]:
-        """A new tab on `url`, closed afterwards."""
-        base = f"http://127.0.0.1:{self.port}"
-        tab = httpx.put(f"{base}/json/new?about:blank", timeout=5).raise_for_status().json()
-        try:
-            with connect(tab["webSocketDebuggerUrl"], max_size=None) as ws:
-                page = Page(ws, self.timeout)
-                page.call("Page.navigate", url=url)
-                yield page
-        finally:
-            with suppress(httpx.HTTPError):
-                httpx.get(f"{base}/json/close/{tab['id']}", timeout=5)
-
-    def close(self) -> None:
-        popen = self.popen
-        if popen is not None:
-            if popen.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGTERM)
-                with suppress(subprocess.TimeoutExpired):
-                    popen.wait(timeout=5)
-            # renderer and zygote processes share the group and may outlive the browser
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            with suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5)
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
-class Page:
+class EdgePage(Page):
     """One tab showing the edge page: read what it shows, or type a row and submit it."""
-
-    def __init__(self, ws: ClientConnection, timeout: float) -> None:
-        self.ws = ws
-        self.timeout = timeout
-        self._ids = count(1)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """Send one DevTools command and return its result (events in between are skipped)."""
-        msg_id = next(self._ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=self.timeout))
-            if message.get("id") == msg_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method} failed: {message['error']}")
-                result: dict[str, Any] = message.get("result", {})
-                return result
-
-    def evaluate(self, expression: str) -> Any:
-        out = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return out.get("result", {}).get("value")
 
     def shown(self, timeout: float | None = None) -> dict[str, Any]:
         """What the page shows once its prediction is done (or it failed), with a deadline."""
@@ -182,3 +65,9 @@ class Page:
         self.shown()  # the model is loaded and the first prediction is on screen
         self.evaluate(SUBMIT_JS % json.dumps(row))
         return self.shown()
+
+
+class Browser(browser.Browser):
+    """Headless Chromium whose tabs are `EdgePage`s."""
+
+    page_class: ClassVar[type[Page]] = EdgePage

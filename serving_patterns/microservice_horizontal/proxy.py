@@ -108,7 +108,18 @@ def create_app(settings: FanOutSettings | None = None) -> FastAPI:
         app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
-        responses={413: {"description": "body or batch too large"}, 422: {},
+        responses={200: {"content": {"application/json": {"example": {
+                       "prediction": [0], "labels": ["setosa"], "complete": True,
+                       "missing": [], "errors": {},
+                       "models": {name: {"name": name, "served_by": name, "model": f"iris_{name}",
+                                         "version": "1.0.0", "ms": 2.4, "prediction": [p],
+                                         "probabilities": [probs]}
+                                  for name, p, probs in (
+                                      ("setosa", 1, [0.0123, 0.9877]),
+                                      ("versicolor", 0, [0.8611, 0.1389]),
+                                      ("virginica", 0, [0.9998, 0.0002]))},
+                       "ms": 3.5, "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9"}}}},
+                   413: {"description": "body or batch too large"}, 422: {},
                    502: {"description": "no backend answered; the message names them"},
                    504: {"description": "every backend missed BACKEND_TIMEOUT_MS"}},
     )

@@ -73,7 +73,12 @@ def create_app(settings: ChainProxySettings | None = None) -> FastAPI:
         app, "/predict",
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
-        responses={413: {"description": "body or batch too large"}, 422: {},
+        responses={200: {"content": {"application/json": {"example": {
+                       "prediction": [0], "labels": ["setosa"], "decided_by": ["stage1"],
+                       "trace": [{"name": "stage1", "served_by": "stage1", "model": "iris_setosa",
+                                  "version": "1.0.0", "ms": 2.1, "rows": [0]}],
+                       "ms": 2.6, "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9"}}}},
+                   413: {"description": "body or batch too large"}, 422: {},
                    502: {"description": "a stage failed; the message names it"},
                    503: {}, 504: {"description": "a stage missed STAGE_TIMEOUT_MS"}},
     )

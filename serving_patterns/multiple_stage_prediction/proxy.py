@@ -200,6 +200,14 @@ def create_app(settings: StageProxySettings | None = None) -> FastAPI:
         tags=["predict"],
         openapi_extra=PREDICT_OPENAPI,
         responses={
+            200: {"content": {"application/json": {"example": {
+                "stage": "light", "prediction": [0],
+                "probabilities": [[0.978716, 0.021283142, 8.2392006e-07]], "model": "iris_lr",
+                "version": "1.0.0", "served_by": "light",
+                "job_id": "531a6e2d248346869d5488778e920689",
+                "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9",
+                "answered_at": "2026-12-01T21:19:52.940+00:00",
+                "result_url": "/predict/531a6e2d248346869d5488778e920689"}}}},
             202: {"description": "light stage missing (light_error); the heavy job is queued"},
             413: {"description": "body or batch too large"}, 422: {},
             503: {"description": "neither stage is available"},

@@ -26,7 +26,7 @@ from patternkit.backends import RemoteModel, timed_call
 from patternkit.predictor import parse_batch
 from patternkit.proxy import Upstream
 from patternkit.redisguard import REDIS_ERRORS, RedisCacheSettings, RedisGuard, async_redis
-from patternkit.schemas import PREDICT_OPENAPI
+from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import (
     ApiError,
     Metrics,
@@ -180,6 +180,8 @@ def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
                          upstreams={"upstream": upstream}, auto_ready=False)
     add_fast_route(
         app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-        responses={413: {"description": "body or batch too large"}, 422: {}, 502: {}, 503: {}},
+        responses={200: {"model": PredictResponse,
+                         "description": "the prediction; X-Cache: HIT or MISS"},
+                   413: {"description": "body or batch too large"}, 422: {}, 502: {}, 503: {}},
     )
     return app

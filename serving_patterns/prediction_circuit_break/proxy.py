@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from patternkit.backends import timed_call
 from patternkit.proxy import Reply, Upstream, error_message, split_urls
-from patternkit.schemas import PREDICT_OPENAPI
+from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import (
     ApiError,
     Metrics,
@@ -284,7 +284,8 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
                          upstreams={"upstream": upstream})
     add_fast_route(
         app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-        responses={200: {"description": "the prediction, or the fallback (FALLBACK_STATUS=200)"},
+        responses={200: {"description": "the prediction, or the fallback (FALLBACK_STATUS=200)",
+                         "model": PredictResponse},
                    422: {}, 502: {}, 503: {"description": "fallback: shed or breaker open"},
                    504: {}},
     )

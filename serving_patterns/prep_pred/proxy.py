@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from patternkit.backends import timed_call
 from patternkit.proxy import Reply, Upstream
-from patternkit.schemas import Row, RowId
+from patternkit.schemas import Row, RowId, with_examples
 from patternkit.service import (
     ApiError,
     Metrics,
@@ -325,7 +325,16 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
     add_fast_route(
         app, "/predict", predict, ["POST"],
         tags=["predict"],
-        openapi_extra=PIPELINE_OPENAPI,
+        openapi_extra=with_examples(PIPELINE_OPENAPI, request={"ids": [0, 50, 100]}, response={
+            "prediction": [0, 1, 2],
+            "probabilities": [[0.9787161, 0.021283133, 8.239201e-07],
+                              [0.006914953, 0.7793863, 0.2136988],
+                              [4.5029396e-05, 0.010619983, 0.989335]],
+            "model": "iris_lr_on_scaled", "version": "1.0.0",
+            "train_run_id": "run-20261201T211429Z-ad7c55", "ids": [0, 50, 100],
+            "stages": [{"stage": s, "status": 200, "ms": ms, "served_by": s}
+                       for s, ms in (("retrieve", 8.0), ("prep", 11.6), ("pred", 3.8))],
+            "total_ms": 28.0, "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9"}),
         responses={404: {}, 409: {}, 413: {}, 422: {}, 502: {}, 503: {}, 504: {}},
     )
     return app

@@ -76,6 +76,10 @@ class ServingConfig(Strict):
     classes: list[str] = Field(..., min_length=2, description="label of class 0, 1, ...")
     auth: AuthSpec
     limits: Limits = Field(default_factory=Limits)
+    example: dict[str, float] | None = Field(
+        None, description="one instance, by feature name: the docs' request example "
+                          "(default: each feature's mid-range)"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ServingConfig:

@@ -54,14 +54,45 @@ class Contract:
         )
 
 
+def example_instance(config: ServingConfig) -> dict[str, float]:
+    """The config's `example`, or each feature at mid-range (0 where it has no range)."""
+    if config.example is not None:
+        return dict(config.example)
+    out = {}
+    for spec in config.features:
+        low, high = spec.min, spec.max
+        middle = (low + high) / 2 if low is not None and high is not None else low or high or 0.0
+        out[spec.name] = round(middle, 3)
+    return out
+
+
+def examples(config: ServingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The documented request and reply: one instance, and the envelope it comes back in."""
+    share = round(1 / len(config.classes), 6)
+    request = {"instances": [example_instance(config)]}
+    reply = {
+        "model": config.model.name, "version": config.model.version,
+        "predictions": [{"label": config.classes[0], "class_id": 0,
+                         "probabilities": {label: share for label in config.classes}}],
+        "served_by": config.model.name, "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9",
+        "template_version": "2.0.0",
+    }
+    return request, reply
+
+
 def contract(config: ServingConfig) -> Contract:
-    """Generate the request/response models of a config; the names are the same on every server."""
+    """Generate the request/response models of a config; the names are the same on every server.
+
+    Both carry an example (`examples`), which /docs shows and "Try it out" sends; a config
+    whose `example` does not fit its own features fails here, at start-up.
+    """
     fields = {f"f{i}": feature_field(spec) for i, spec in enumerate(config.features)}
     instance = create_model("Instance", __config__=FORBID, **fields)
     limit = config.limits.max_batch_rows
+    request_example, reply_example = examples(config)
     request = create_model(
         "PredictRequest",
-        __config__=FORBID,
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [request_example]}),
         instances=(list[instance], Field(  # type: ignore[valid-type]
             ..., min_length=1, json_schema_extra={"maxItems": limit},
             description=f"1 to {limit} instances; more get 413",
@@ -77,6 +108,7 @@ def contract(config: ServingConfig) -> Contract:
     )
     response = create_model(
         "PredictResponse",
+        __config__=ConfigDict(json_schema_extra={"examples": [reply_example]}),
         model=(str, ...),
         version=(str, ...),
         predictions=(list[prediction], ...),  # type: ignore[valid-type]
@@ -84,6 +116,10 @@ def contract(config: ServingConfig) -> Contract:
         request_id=(str | None, None),
         template_version=(str, ...),
     )
+    try:
+        request.model_validate(request_example)
+    except ValueError as exc:
+        raise ValueError(f"the config's example is not a valid instance: {exc}") from None
     return Contract(request=request, response=response, features=tuple(fields))
 
 

@@ -43,7 +43,25 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
     async def models() -> Response:
         return json_response({"models": sorted(routes)})
 
-    @app.api_route("/models/{name}/{path:path}", methods=["GET", "POST"], tags=["models"])
+    @app.api_route(
+        "/models/{name}/{path:path}", methods=["POST"], tags=["models"],
+        operation_id="forward_post", responses={404: {}, 502: {}, 504: {}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"type": "object", "description": "the named server's own body"},
+                "example": {"instances": [{"sepal_length": 5.1, "sepal_width": 3.5,
+                                           "petal_length": 1.4, "petal_width": 0.2}]},
+            }}},
+            "responses": {"200": {"content": {"application/json": {"example": {
+                "model": "iris_lr", "version": "1.0.0",
+                "predictions": [{"label": "setosa", "class_id": 0, "probabilities": {
+                    "setosa": 0.978716, "versicolor": 0.021283, "virginica": 1e-06}}],
+                "served_by": "iris_lr", "request_id": "0b6e9f3ab82073adfe152a76bb41a4e9",
+                "template_version": "2.0.0"}}}}},
+        },
+    )
+    @app.api_route("/models/{name}/{path:path}", methods=["GET"], tags=["models"],
+                   operation_id="forward_get", responses={404: {}, 502: {}, 504: {}})
     async def forward(name: str, path: str, request: Request, upstream: UpstreamDep) -> Response:
         base = routes.get(name)
         if base is None:

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from patternkit.proxy import RoundRobin, Upstream, split_urls
-from patternkit.schemas import PREDICT_OPENAPI
+from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import ServiceState, add_fast_route, create_service
 from patternkit.settings import ServiceSettings
 
@@ -48,5 +48,6 @@ def create_app(settings: LBSettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="web single: load balancer", lifespan=lifespan,
                          upstreams={"upstream": Upstream(cfg.backend_timeout_ms / 1000)})
-    add_fast_route(app, "/predict", predict, tags=["predict"], openapi_extra=PREDICT_OPENAPI)
+    add_fast_route(app, "/predict", predict, tags=["predict"], openapi_extra=PREDICT_OPENAPI,
+                   responses={200: {"model": PredictResponse}, 502: {}, 504: {}})
     return app
