@@ -226,7 +226,7 @@ def test_compose_renders_a_sql_backing_as_postgres() -> None:
     t = topo({"a": {"app": "m:f", "depends_on": ["db"], "env": {"DATABASE_URL": "{db.url}"}}},
              backing={"db": {"kind": "sql"}})
     services = render_compose(t)["services"]
-    assert services["db"]["image"] == "postgres:16-alpine"
+    assert services["db"]["image"] == "postgres:16.6-alpine"
     assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
     assert services["a"]["depends_on"] == {"db": {"condition": "service_healthy"}}
     assert services["a"]["environment"]["DATABASE_URL"] == (

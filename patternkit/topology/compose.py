@@ -20,7 +20,8 @@ from patternkit.topology.schema import ServiceSpec, Topology
 IMAGE = "ml-system-patterns:latest"
 APP_PORT = 8000
 DATA_DIR = "/data"
-BACKING_IMAGES = {"redis": "redis:7-alpine", "sql": "postgres:16-alpine"}
+# pinned to a minor version, as the project image is (python:3.11-slim)
+BACKING_IMAGES = {"redis": "redis:7.4-alpine", "sql": "postgres:16.6-alpine"}
 PG_USER, PG_PASSWORD, PG_DB = "postgres", "patterns", "patterns"  # as the root compose file
 HEADER = (
     "# Rendered from topology.toml by `python -m patternkit render`; do not edit by hand.\n"

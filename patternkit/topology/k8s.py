@@ -22,7 +22,7 @@ import yaml
 
 from patternkit import heartbeat
 from patternkit.catalogue import role_of
-from patternkit.topology.compose import APP_PORT, IMAGE
+from patternkit.topology.compose import APP_PORT, BACKING_IMAGES, IMAGE
 from patternkit.topology.schema import (
     ServiceSpec,
     Topology,
@@ -45,8 +45,8 @@ GATE_TIMEOUT_S = 900
 JOB_BACKOFF = 3
 USER_ID = 1000  # the image's `app` user
 MANAGED_BY = "patternkit"
-REDIS_IMAGE = "redis:7-alpine"
-POSTGRES_IMAGE = "postgres:16-alpine"
+REDIS_IMAGE = BACKING_IMAGES["redis"]
+POSTGRES_IMAGE = BACKING_IMAGES["sql"]
 PG_USER, PG_DB, PG_PASSWORD = "postgres", "patterns", "patterns"  # as the compose files
 BACKING_PORTS = {"redis": 6379, "sql": 5432}
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
