@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from patternkit.models import VARIANTS, train_cached, train_model
 
@@ -36,6 +37,18 @@ def default_cache_dir() -> Path | None:
     return root / ".runs" / "model-cache"
 
 
+def train(
+    name: str, out: str | Path, *, version: str = "1.0.0", seed: int = 42,
+    cache: Path | None = None, use_cache: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """Train `name` into `out` through the model cache (`cache`, else the default one):
+    (manifest, whether it was copied from the cache). `use_cache=False` always trains."""
+    folder = (cache or default_cache_dir()) if use_cache else None
+    if folder is None:
+        return train_model(name, out, version=version, seed=seed), False
+    return train_cached(name, out, folder, version=version, seed=seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m patternkit.trainer", description=__doc__)
     parser.add_argument("--model", default="iris_lr", choices=sorted(VARIANTS))
@@ -46,17 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"model cache folder (default: ${CACHE_ENV} or .runs/model-cache)")
     parser.add_argument("--no-cache", action="store_true", help="train even if cached")
     args = parser.parse_args(argv)
-    cache = None if args.no_cache else (args.cache or default_cache_dir())
     started = time.perf_counter()
     print(f"training {args.model} v{args.version} -> {args.out}", flush=True)
-    if cache is None:
-        manifest, hit = train_model(args.model, args.out, version=args.version,
-                                    seed=args.seed), False
-    else:
-        manifest, hit = train_cached(args.model, args.out, cache, version=args.version,
-                                     seed=args.seed)
+    manifest, hit = train(args.model, args.out, version=args.version, seed=args.seed,
+                          cache=args.cache, use_cache=not args.no_cache)
     took = time.perf_counter() - started
-    how = f"copied from the model cache {cache}" if hit else "done"
+    how = f"copied from the model cache {args.cache or default_cache_dir()}" if hit else "done"
     print(
         f"{how} in {took:.1f}s: {json.dumps(manifest['metrics'])} "
         f"sha256={manifest['sha256'][:12]}",
