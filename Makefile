@@ -54,8 +54,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# in parallel: pyproject.toml's addopts give `-n 2 --dist loadgroup` (a pattern's tests on one
+# worker); PATTERN=... runs one pattern's tests, PYTEST="-n 0" in one process
 test: check lint vendor
-	$(PY) -m pytest $(SELECTED)
+	$(PY) -m pytest $(PYTEST) $(SELECTED)
 
 # onnxruntime-web for the S13 edge page, from the npm registry; git-ignored, never committed.
 # Skipped when npm is not on PATH (the browser test then says why it skips).

@@ -4,14 +4,23 @@ Training (`train_model`) is the only place that imports scikit-learn; it writes 
 and a `manifest.json` beside it (name, version, metrics, data hash, library versions, input
 schema, sha256 of the file). Serving code loads the pair with `OnnxModel`, which verifies the
 sha256 and predicts with onnxruntime alone.
+
+`train_cached` puts a content-addressed cache in front of `train_model`: an artifact trained
+once for a recipe (variant, version, seed, split, library versions and this module's code) is
+copied byte for byte into every later `out_dir` that asks for the same recipe, without
+importing scikit-learn; any change in the recipe trains anew.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
-from dataclasses import dataclass
+import shutil
+import tempfile
+from contextlib import suppress
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
@@ -23,8 +32,6 @@ import numpy as np
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
-
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -201,6 +208,90 @@ def write_artifact(
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def training_recipe(
+    name: str, version: str = "1.0.0", seed: int = 42, test_size: float = 0.3
+) -> dict[str, Any]:
+    """Everything `train_model` output depends on: the cache key is its hash."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    return {
+        "name": name,
+        "variant": asdict(VARIANTS[name]),
+        "version": version,
+        "seed": seed,
+        "test_size": test_size,
+        "libraries": library_versions(),
+        "code": sha256_file(Path(__file__)),  # the training and export code itself
+    }
+
+
+def training_key(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def copy_artifact(src: Path, out_dir: Path) -> dict[str, Any]:
+    """Copy a verified artifact into `out_dir` (each file written whole, then renamed into
+    place), check the copy against its manifest and return the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in (MODEL_FILE, MANIFEST_FILE):  # the model first: a manifest never names a
+        tmp = out_dir / f".{file}.tmp"         # file that is not there yet
+        shutil.copyfile(src / file, tmp)
+        tmp.replace(out_dir / file)
+    return read_verified_manifest(out_dir)[1]
+
+
+def _cached(entry: Path) -> bool:
+    try:
+        read_verified_manifest(entry)
+    except ModelError:
+        return False
+    return True
+
+
+def _store(out_dir: Path, entry: Path) -> None:
+    """Put a freshly trained artifact into the cache as `entry`, atomically: it is copied into
+    a temporary folder beside `entry` and renamed, so a reader sees all of it or nothing. When
+    another process stored the same recipe first, its (identical) entry is kept."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        copy_artifact(out_dir, staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from other users of the cache
+        if entry.exists() and not _cached(entry):  # a broken entry is replaced
+            shutil.rmtree(entry, ignore_errors=True)
+        with suppress(OSError):  # fails when another trainer stored it meanwhile
+            os.rename(staging, entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train_cached(
+    name: str,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    version: str = "1.0.0",
+    seed: int = 42,
+    test_size: float = 0.3,
+) -> tuple[dict[str, Any], bool]:
+    """`train_model` through the cache in `cache_dir`: (manifest, whether it was a cache hit).
+
+    A hit copies the cached `model.onnx` and `manifest.json` into `out_dir` unchanged (the
+    copy is verified against the manifest's sha256); a miss trains, writes `out_dir` and
+    stores a copy under the recipe's key. An entry that fails verification is trained again.
+    """
+    recipe = training_recipe(name, version, seed, test_size)
+    entry = Path(cache_dir) / f"{name}-{version}-{training_key(recipe)[:24]}"
+    out = Path(out_dir)
+    if _cached(entry):
+        try:
+            return copy_artifact(entry, out), True
+        except (OSError, ModelError):  # removed or replaced while we copied: train instead
+            pass
+    manifest = train_model(name, out, version=version, seed=seed, test_size=test_size)
+    _store(out, entry)
+    return manifest, False
 
 
 NUMBER_KINDS = frozenset("iuf")  # numpy dtype kinds of real numbers (not bool "b", not str)

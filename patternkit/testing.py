@@ -6,6 +6,11 @@ entry service; `fresh_stack(env=...)` boots a private copy for a test that kills
 needs other settings. When a test fails, the log tail of every service it used is attached to
 the report. `bad_predict_bodies(n_features, max_rows)` (`BAD_PREDICT_BODIES` for iris) and
 `post_body` are the shared bad-input cases.
+
+The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject.toml; `-n 0`
+runs it in one process): every test of a pattern is put in that pattern's group, so one
+worker runs them all, one after another, and boots the pattern's shared stack once. Each
+worker has its own run directories (tmp_path_factory) and free ports.
 """
 
 from __future__ import annotations
@@ -61,11 +66,19 @@ def post_body(client: Client, path: str, body: object) -> httpx.Response:
     return client.post(path, json=body, headers=headers)
 
 
-def pattern_folder(test_path: Path) -> Path:
+def find_pattern_folder(test_path: Path) -> Path | None:
+    """The pattern folder (holding a topology.toml) that a test file is in, if any."""
     for parent in test_path.resolve().parents:
         if (parent / TOPOLOGY_FILE).is_file():
             return parent
-    raise pytest.UsageError(f"{test_path} is not inside a pattern folder (no {TOPOLOGY_FILE})")
+    return None
+
+
+def pattern_folder(test_path: Path) -> Path:
+    folder = find_pattern_folder(test_path)
+    if folder is None:
+        raise pytest.UsageError(f"{test_path} is not inside a pattern folder (no {TOPOLOGY_FILE})")
+    return folder
 
 
 class SharedStacks:
@@ -146,10 +159,20 @@ def fresh_stack(
         booted.stop()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    folders: dict[Path, Path | None] = {}
     for item in items:
         if {"stack", "fresh_stack"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        path = Path(item.path)
+        if path not in folders:
+            folders[path] = find_pattern_folder(path)
+        # `--dist loadgroup`: one worker runs all of a pattern's tests, so its shared stack
+        # boots once; a core test module is a group of its own (its module fixtures, once)
+        folder = folders[path]
+        group = f"pattern:{folder.name}" if folder is not None else f"module:{path.stem}"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,7 +2,8 @@
 
 It trains model A (iris_lr), model B (iris_rf) in version 1.0.0 and in the 2.0.0 that the
 rollout switches to, and model C (wine_lr), each into `<out>/<key>` with its manifest. One
-process trains all four, so sklearn is imported once per boot:
+process trains all four (each through the model cache of `patternkit.trainer`, so a boot
+after the first copies them), so sklearn is imported once per boot at most:
 `python -m antipatterns.all_in_one.trainer --out {run_dir}/models`.
 """
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from patternkit.models import train_model
+from patternkit.trainer import train
 
 # key -> (model variant, version, seed); the key is the directory under --out
 ARTIFACTS: dict[str, tuple[str, str, int]] = {
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for key, (variant, version, seed) in ARTIFACTS.items():
         started = time.perf_counter()
-        manifest = train_model(variant, Path(args.out) / key, version=version, seed=seed)
+        manifest, hit = train(variant, Path(args.out) / key, version=version, seed=seed)
         print(
-            f"{key}: {variant} v{version} in {time.perf_counter() - started:.1f}s "
+            f"{key}: {variant} v{version} {'copied from the model cache' if hit else 'trained'}"
+            f" in {time.perf_counter() - started:.1f}s "
             f"accuracy={manifest['metrics']['accuracy']}",
             flush=True,
         )

@@ -7,7 +7,8 @@ supervisor thread watches every process: one that exits is reported and marked d
 rest keep serving, and brought back with a growing delay if its `restart` policy says so.
 Single services are stopped, started, restarted (with new settings), killed, paused and resumed
 through the same calls that `python -m patternkit ctl` makes, which is how tests inject faults.
-Teardown runs in reverse order: SIGTERM, a grace period, then SIGKILL.
+Teardown runs in reverse order, level by level (a level's members together): SIGTERM, a
+grace period, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -428,11 +429,16 @@ class Stack:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=10)
         self._supervisor = None
-        for name in reversed(self.started):
-            proc = self.procs[name]
-            self._terminate(proc)
-            if proc.state in RUNNING or proc.state == State.RESTARTING:
-                proc.state = State.STOPPED
+        # level by level, last started first; the members of a level stop together (one
+        # grace period for all of them, not one after another)
+        level_of = {n: i for i, level in enumerate(self.topology.order()) for n in level}
+        started = [self.procs[name] for name in self.started]
+        for level in sorted({level_of[p.service] for p in started}, reverse=True):
+            members = [p for p in reversed(started) if level_of[p.service] == level]
+            self._terminate_all(members)
+            for proc in members:
+                if proc.state in RUNNING or proc.state == State.RESTARTING:
+                    proc.state = State.STOPPED
         self.started.clear()
 
     # -- supervision ----------------------------------------------------------------------
@@ -495,20 +501,27 @@ class Stack:
             )
 
     def _terminate(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
-        popen = proc.popen
-        if popen is None:
-            return
-        if popen.poll() is None:
+        self._terminate_all([proc], sig)
+
+    def _terminate_all(self, procs: list[Proc], sig: int = signal.SIGTERM) -> None:
+        """Signal every process group at once, give them one grace period, then SIGKILL."""
+        popens = [p.popen for p in procs if p.popen is not None]
+        signalled = [popen for popen in popens if popen.poll() is None]
+        for popen in signalled:
             with suppress(ProcessLookupError):
                 os.killpg(popen.pid, sig)
                 os.killpg(popen.pid, signal.SIGCONT)  # a paused process acts on it only then
+        deadline = time.monotonic() + self.grace
+        for popen in signalled:
+            with suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        # the group may hold children (e.g. worker pools) even after the leader exited
+        for popen in popens:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(popen.pid, signal.SIGKILL)
+        for popen in popens:
             with suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=self.grace)
-        # the group may hold children (e.g. worker pools) even after the leader exited
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            popen.wait(timeout=self.grace)
 
     # -- single services, for tests and demos --------------------------------------------------
 
