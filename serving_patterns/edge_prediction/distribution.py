@@ -312,8 +312,9 @@ def create_app(settings: DistributionSettings | None = None) -> FastAPI:
     app.get("/models", tags=["models"])(list_models)
     app.get("/models/latest", tags=["models"])(latest)
     app.get("/models/{version}", tags=["models"])(manifest)
-    app.api_route(f"/models/{{version}}/{MODEL_FILE}", methods=["GET", "HEAD"],
-                  tags=["models"])(model_file)
+    model_path = f"/models/{{version}}/{MODEL_FILE}"
+    app.get(model_path, tags=["models"], operation_id="model_file")(model_file)
+    app.head(model_path, tags=["models"], operation_id="model_file_head")(model_file)
     app.post("/telemetry", tags=["telemetry"], status_code=202)(telemetry)
     app.get("/telemetry", tags=["telemetry"])(telemetry_summary)
     app.get("/", tags=["page"], include_in_schema=False)(index)
