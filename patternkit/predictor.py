@@ -2,7 +2,8 @@
 
 `create_app()` reads `PredictorSettings` (MODEL_PATH, INSTANCE_NAME, DELAY_MS, FAIL_MODE, ...),
 loads the model in the lifespan (503 on /ready until then) and serves
-`{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`.
+`{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`,
+and the same model over the Open Inference Protocol v2 (`/v2/...`, `patternkit.oip`).
 Patterns that need another model-backed endpoint reuse `add_predict_route`.
 """
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from patternkit.faults import Faults, InjectedFault
 from patternkit.models import ModelError, OnnxModel
+from patternkit.oip import add_oip_routes
 from patternkit.schemas import PREDICT_OPENAPI, PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
@@ -112,10 +114,11 @@ def create_app(
 ) -> FastAPI:
     """The template predictor app (uvicorn --factory patternkit.predictor:create_app).
 
-    The model loads in the background after start-up: `/health` answers at once, `/ready`
-    and `/predict` answer 503 until the model is in memory. A model that cannot be loaded
-    (missing, tampered: sha256 mismatch), or that `on_load` refuses with a ModelError, is
-    logged and stops the process. `on_load` lets a pattern publish more about the model.
+    The model loads in the background after start-up: `/health` answers at once, `/ready`,
+    `/predict` and `/v2/health/ready` answer 503 until the model is in memory. A model that
+    cannot be loaded (missing, tampered: sha256 mismatch), or that `on_load` refuses with a
+    ModelError, is logged and stops the process. `on_load` lets a pattern publish more about
+    the model.
     """
     cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
@@ -151,4 +154,5 @@ def create_app(
         cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan, auto_ready=False
     )
     add_predict_route(app, faults, cfg.max_batch_rows)
+    add_oip_routes(app, faults, cfg.max_batch_rows)
     return app

@@ -61,6 +61,13 @@ def failure_cause(exc: aiohttp.ClientError) -> str:
     return type(exc).__name__
 
 
+def path_as_is(request: Request) -> str:
+    """The request's path and query string, to forward unchanged to a backend."""
+    query: bytes = request.scope.get("query_string", b"")
+    path: str = request.scope["path"]
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
 def split_urls(value: str) -> list[str]:
     urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
     if not urls:

@@ -4,8 +4,9 @@ FastAPI's default `/docs` and `/redoc` pages load their scripts from a CDN, so o
 without internet they are blank. Here every service serves the assets itself, from the
 `fastapi-offline` wheel (FastAPI's "self-hosting JavaScript and CSS for docs" recipe:
 `get_swagger_ui_html(swagger_js_url=..., swagger_css_url=...)`). `complete_openapi` then
-gives every 4xx/5xx response the one error shape (`ErrorBody`), and every operation that
-takes a body the 413 and 422 the scaffold answers, and every operation the 500 it may.
+gives every 4xx/5xx response the one error shape (`ErrorBody`, unless the route declared a
+protocol's own, as the Open Inference Protocol's routes do), every operation that takes a
+body the 413 and 422 the scaffold answers, and every operation the 500 it may.
 """
 
 from __future__ import annotations
@@ -125,15 +126,18 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
     """Every error response in the one JSON shape, and the errors the scaffold itself answers.
 
     Each declared 4xx/5xx gets the `ErrorBody` schema (in place of FastAPI's
-    `HTTPValidationError`, which this service never sends); an operation with a request body
-    gets the 413 and 422 of the body limit and validation; every operation the 500.
+    `HTTPValidationError`, which this service never sends) unless the route named an error
+    model of its own; an operation with a request body gets the 413 and 422 of the body limit
+    and validation (no 422 where the route answers a bad body with its own 400); every
+    operation the 500.
     """
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 for code, text in BODY_ERRORS.items():
-                    responses.setdefault(code, {"description": text})
+                    if code != "422" or "400" not in responses:
+                        responses.setdefault(code, {"description": text})
             responses.setdefault("500", {"description": INTERNAL_ERROR})
             for code, response in responses.items():
                 if code[:1] in ("4", "5"):
@@ -150,7 +154,8 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def document_error(code: str, response: dict[str, Any]) -> None:
-    """One error response: the ErrorBody schema, and a description if FastAPI gave none."""
+    """One error response: the ErrorBody schema (unless the route named its own error model),
+    and a description if FastAPI gave none."""
     if response.get("description", "") in FASTAPI_DESCRIPTIONS:
         try:
             response["description"] = HTTPStatus(int(code)).phrase
@@ -158,7 +163,9 @@ def document_error(code: str, response: dict[str, Any]) -> None:
             response["description"] = "error"
     content = response.setdefault("content", {})
     media = content.setdefault("application/json", {})
-    media["schema"] = ERROR_REF
+    ref = media.get("schema", {}).get("$ref", "")
+    if not ref or ref.endswith("/HTTPValidationError"):
+        media["schema"] = ERROR_REF
 
 
 def request_example(doc: dict[str, Any], path: str, method: str = "post") -> Any:

@@ -19,7 +19,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patternkit.logs import request_id_var
-from patternkit.service.errors import BodyTooLarge, error_response
+from patternkit.service.errors import BodyTooLarge
 from patternkit.service.state import Endpoint, ServiceState
 
 log = logging.getLogger("patternkit.service")
@@ -116,9 +116,7 @@ class ServiceMiddleware:
                           extra={"route": route_label(scope), "status": 500})
             if started:
                 raise
-            response = error_response(
-                500, f"internal error: {type(exc).__name__}", request_id=rid
-            )
+            response = state.error_reply(path, 500, f"internal error: {type(exc).__name__}", rid)
             await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
@@ -149,7 +147,7 @@ class ServiceMiddleware:
         if not waiting and length <= bound:
             await drain(receive, bound)
         err = BodyTooLarge(self.limit, length)
-        await error_response(413, err.detail, request_id=rid)(scope, receive, send)
+        await self.state.error_reply(scope["path"], 413, err.detail, rid)(scope, receive, send)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count a body sent without Content-Length and refuse it past the limit (its rest is

@@ -14,10 +14,13 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.routing import Route
 
+from patternkit.service.errors import error_response
 from patternkit.service.metrics import Metrics, merge
 from patternkit.settings import ServiceSettings
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorShape = Callable[[int, str, str | None], Response]
+"""A protocol's own error body: (status, message, request id) -> the response."""
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -57,6 +60,9 @@ class ServiceState:
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # (method, path) -> (route, endpoint) of the fast routes the middleware calls itself
         self.fast_routes: dict[tuple[str, str], tuple[Route, Endpoint]] = {}
+        # path prefix -> the error body of a protocol served there (the Open Inference
+        # Protocol's `{"error": ...}` under /v2), for the errors the middleware answers itself
+        self.error_shapes: dict[str, ErrorShape] = {}
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -86,6 +92,15 @@ class ServiceState:
     def model_version(self, version: str | None) -> None:
         self._version = version
         self.version_header = (b"x-model-version", version.encode()) if version else None
+
+    def error_reply(
+        self, path: str, status: int, message: str, request_id: str | None
+    ) -> Response:
+        """The scaffold's JSON error, or the body of the protocol served under `path`."""
+        for prefix, shape in self.error_shapes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return shape(status, message, request_id)
+        return error_response(status, message, request_id=request_id)
 
     def stats_view(self) -> dict[str, Any]:
         """The `/stats` body: hits and concurrency, the declared metrics, the other facts."""

@@ -2,7 +2,8 @@
 
 Each call goes to the next replica; a replica that refuses connections is skipped, so losing
 one replica costs capacity, not answers. The reply is the replica's own, including its
-`X-Served-By`, which is how a user sees the balancing.
+`X-Served-By`, which is how a user sees the balancing. The Open Inference Protocol's `/v2/...`
+paths are balanced the same way, each passed through as is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from patternkit.proxy import RoundRobin, Upstream, split_urls
+from patternkit.oip import add_oip_passthrough
+from patternkit.proxy import Reply, RoundRobin, Upstream, path_as_is, split_urls
 from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import ServiceState, add_fast_route, create_service
 from patternkit.settings import ServiceSettings
@@ -37,6 +39,11 @@ async def predict(request: Request) -> Response:
     return reply.response()
 
 
+async def forward_as_is(request: Request) -> Reply:
+    balancer: RoundRobin = request.state.balancer
+    return await balancer.forward(request.state.upstream, request, path_as_is(request))
+
+
 def create_app(settings: LBSettings | None = None) -> FastAPI:
     cfg = settings or LBSettings()
     balancer = RoundRobin(split_urls(cfg.backend_urls))
@@ -50,4 +57,5 @@ def create_app(settings: LBSettings | None = None) -> FastAPI:
                          upstreams={"upstream": Upstream(cfg.backend_timeout_ms / 1000)})
     add_fast_route(app, "/predict", predict, tags=["predict"], openapi_extra=PREDICT_OPENAPI,
                    responses={200: {"model": PredictResponse}, 502: {}, 504: {}})
+    add_oip_passthrough(app, forward_as_is)
     return app

@@ -94,6 +94,35 @@ def test_readiness_metrics_and_stats(stack: Stack, lb: Client) -> None:
     assert all(h > 0 for h in hits)
 
 
+OIP_INFER = "/v2/models/iris_lr/infer"
+OIP_BODY = {"id": "s1", "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                    "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def test_the_open_inference_protocol_passes_through_the_lb(lb: Client) -> None:
+    replies = [lb.post(OIP_INFER, json=OIP_BODY) for _ in range(4)]
+    assert [r.status_code for r in replies] == [200] * 4, replies[0].text
+    for reply in replies:
+        body = reply.json()
+        assert (body["model_name"], body["model_version"], body["id"]) == ("iris_lr", "1.0.0",
+                                                                          "s1")
+        label = next(o for o in body["outputs"] if o["name"] == "label")
+        assert (label["datatype"], label["data"]) == ("INT64", [0])
+    assert {r.headers["x-served-by"] for r in replies} == {"predictor-1", "predictor-2"}
+    assert lb.get("/v2/health/ready").json() == {"ready": True}
+    meta = lb.get("/v2/models/iris_lr").json()
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
+    # the replica's protocol errors come through as they are, and so does the LB's own 413
+    bad = lb.post(OIP_INFER, json={"inputs": [{**OIP_BODY["inputs"][0], "shape": [1, 3]}]})
+    assert bad.status_code == 400
+    assert "does not match" in bad.json()["error"]
+    assert lb.get("/v2/models/iris_rf").status_code == 404
+    big = lb.post(OIP_INFER, content=b"x" * (2 * 1024 * 1024),
+                  headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    assert list(big.json()) == ["error"] and "MAX_BODY_BYTES" in big.json()["error"]
+
+
 def test_losing_a_replica_costs_capacity_not_answers(fresh_stack) -> None:
     stack = fresh_stack()
     stack.kill("predictor-2")
@@ -106,3 +135,7 @@ def test_losing_a_replica_costs_capacity_not_answers(fresh_stack) -> None:
         resp = lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
     assert resp.status_code == 502
     assert "no backend is reachable" in resp.json()["message"]
+    with Client(stack.url()) as lb:
+        oip = lb.post(OIP_INFER, json=OIP_BODY)  # the same failure in the protocol's shape
+    assert oip.status_code == 502
+    assert list(oip.json()) == ["error"] and "no backend is reachable" in oip.json()["error"]
