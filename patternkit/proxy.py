@@ -40,13 +40,17 @@ def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_message(body: bytes) -> str:
-    """The `message` of a service's JSON error body, else the start of the body as text."""
+    """The `message` of a service's JSON error body (the `error` of an Open Inference Protocol
+    one), else the start of the body as text."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         parsed = None
-    if isinstance(parsed, dict) and "message" in parsed:
-        return str(parsed["message"])
+    if isinstance(parsed, dict):
+        if "message" in parsed:
+            return str(parsed["message"])
+        if isinstance(parsed.get("error"), str):
+            return str(parsed["error"])
     return body[:200].decode("utf-8", "replace")
 
 

@@ -5,7 +5,9 @@ Each backend has a concurrency cap (`MAX_INFLIGHT`) and an error breaker (`FAIL_
 backend can take (every slot busy, every breaker open, or no token) gets the null fallback at
 once, `{"prediction": null, "fallback": true, "reason": ...}`, as a 503 with `Retry-After`
 or as a 200 (`FALLBACK_STATUS`). Timeouts and 5xx replies count as failures, 4xx replies do
-not; `GET /breaker` shows each backend's breaker and slots.
+not; `GET /breaker` shows each backend's breaker and slots. The Open Inference Protocol's
+`/v2/...` calls are admitted the same way and passed through as is; the protocol has no null
+answer, so their fallback is always a 503 `{"error": ...}` with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from fastapi.responses import Response
 from pydantic import Field, field_validator
 
 from patternkit.backends import timed_call
-from patternkit.proxy import Reply, Upstream, error_message, split_urls
+from patternkit.oip import add_oip_passthrough
+from patternkit.proxy import Reply, Upstream, error_message, path_as_is, split_urls
 from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import (
     ApiError,
@@ -166,8 +169,8 @@ class Pool:
         self.in_flight_gauge.labels(url).set_function(lambda: backend.limiter.in_flight)
         return backend
 
-    def fallback(self, reason: Reason, rid: str | None) -> Response:
-        """The null answer, at once: why, and when to retry (Retry-After with a 503)."""
+    def refusal(self, reason: Reason) -> tuple[str, int]:
+        """Why no backend takes the call, and in how many seconds to retry (counted)."""
         cfg = self.cfg
         if reason == "overloaded":
             message = (f"every backend has {cfg.max_inflight} calls in flight (MAX_INFLIGHT): "
@@ -182,8 +185,13 @@ class Pool:
                        f"{cfg.cooldown_s:g} s cooldown (COOLDOWN_S)")
             waits = [b.breaker.retry_in_s() for b in self.backends]
             wait_s = min((w for w in waits if w > 0), default=1.0)
-        retry_after = max(1, math.ceil(wait_s))
         self.fallbacks.labels(reason).inc()
+        return message, max(1, math.ceil(wait_s))
+
+    def fallback(self, reason: Reason, rid: str | None) -> Response:
+        """The null answer, at once: why, and when to retry (Retry-After with a 503)."""
+        message, retry_after = self.refusal(reason)
+        cfg = self.cfg
         headers: dict[str, str] = {"x-fallback": reason}
         if cfg.fallback_status == 503:
             headers["retry-after"] = str(retry_after)
@@ -191,14 +199,21 @@ class Pool:
                 "retry_after_s": retry_after, "request_id": rid}
         return json_response(body, cfg.fallback_status, headers)
 
-    async def attempt(self, backend: Backend, body: bytes, rid: str | None) -> Reply:
+    def shed(self, reason: Reason) -> ApiError:
+        """The fallback of an Open Inference Protocol call: a 503 error with Retry-After."""
+        message, retry_after = self.refusal(reason)
+        return ApiError(503, message, "fallback",
+                        headers={"x-fallback": reason, "retry-after": str(retry_after)})
+
+    async def attempt(self, backend: Backend, body: bytes, rid: str | None,
+                      method: str = "POST", path: str = "/predict") -> Reply:
         """One call to `backend`, holding one of its slots; the outcome feeds its breaker."""
         if not backend.limiter.try_acquire():  # choose() saw a free slot, nothing awaited since
             raise RuntimeError(f"no free slot on {backend.url}")
         ticket = backend.breaker.begin()
         ok: bool | None = None  # None: no verdict (the request was cancelled)
         try:
-            reply, _ = await timed_call(self.upstream, "POST", f"{backend.url}/predict",
+            reply, _ = await timed_call(self.upstream, method, f"{backend.url}{path}",
                                         body=body, rid=rid)
             ok = reply.status < 500  # a 4xx is the caller's fault and a healthy backend
             if not ok:
@@ -231,8 +246,8 @@ class Resources(TypedDict):
     pool: Pool
 
 
-async def predict(request: Request) -> Response:
-    pool: Pool = request.state.pool
+async def admit(pool: Pool, request: Request, path: str) -> Reply | Reason:
+    """Send the request to `path` on a backend that can take it: its reply, or why none can."""
     body = await request.body()
     rid = request_id(request)
     tried: list[Backend] = []
@@ -243,11 +258,11 @@ async def predict(request: Request) -> Response:
             if last is not None:  # failing over found no other backend: report the failure
                 pool.backend_errors.inc()
                 raise last
-            return pool.fallback(choice, rid)
+            return choice
         if not tried and pool.bucket is not None and not pool.bucket.try_take():
-            return pool.fallback("rate_limited", rid)
+            return "rate_limited"
         try:
-            reply = await pool.attempt(choice, body, rid)
+            reply = await pool.attempt(choice, body, rid, request.method, path)
         except ApiError as exc:
             if exc.error != "backend_unavailable":
                 pool.backend_errors.inc()
@@ -258,7 +273,23 @@ async def predict(request: Request) -> Response:
             last = exc
             continue
         pool.passed.inc()
-        return reply.response()
+        return reply
+
+
+async def predict(request: Request) -> Response:
+    pool: Pool = request.state.pool
+    outcome = await admit(pool, request, "/predict")
+    if isinstance(outcome, str):
+        return pool.fallback(outcome, request_id(request))
+    return outcome.response()
+
+
+async def forward_oip(request: Request) -> Reply:
+    pool: Pool = request.state.pool
+    outcome = await admit(pool, request, path_as_is(request))
+    if isinstance(outcome, str):
+        raise pool.shed(outcome)
+    return outcome
 
 
 async def breaker(request: Request) -> Response:
@@ -290,4 +321,5 @@ def create_app(settings: CircuitBreakSettings | None = None) -> FastAPI:
                    504: {}},
     )
     app.get("/breaker", tags=["ops"])(breaker)
+    add_oip_passthrough(app, forward_oip)
     return app

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
+from patternkit.client import burst as client_burst
 from patternkit.testing import BAD_PREDICT_BODIES, post_body
 from patternkit.topology import Stack
 from serving_patterns.prediction_circuit_break.scenario import Shot, burst
@@ -134,6 +135,32 @@ def test_a_burst_over_the_cap_is_shed_at_once(stack: Stack, proxy: Client) -> No
     line = next(x for x in metrics.splitlines()
                 if x.startswith('circuit_break_fallbacks_total{reason="overloaded"}'))
     assert float(line.split()[1]) >= len(fallbacks)
+
+
+def test_open_inference_protocol_calls_are_admitted_and_shed_like_predict(
+    stack: Stack, proxy: Client
+) -> None:
+    cap = setting(stack, "proxy", "MAX_INFLIGHT")
+    slots = cap * len(stack.instances("predictor"))
+    overloaded_before = proxy.stats()["fallbacks"]["overloaded"]
+    body = {"id": "s10", "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                     "data": ROW}]}
+
+    shots = client_burst(stack.url() + "/v2/models/iris_lr/infer", slots + 8, body)
+
+    answered = [s for s in shots if s.status == 200]
+    shed = [s for s in shots if s.status == 503]
+    assert (len(answered), len(shed)) == (slots, 8), [(s.status, s.body) for s in shots]
+    for shot in answered:
+        label = next(o for o in shot.body["outputs"] if o["name"] == "label")
+        assert (shot.body["id"], label["data"]) == ("s10", [0])
+    for shot in shed:  # the protocol has no null answer: its error object, with Retry-After
+        assert list(shot.body) == ["error"] and "MAX_INFLIGHT" in shot.body["error"]
+        assert (shot.headers["retry-after"], shot.headers["x-fallback"]) == ("1", "overloaded")
+    assert proxy.stats()["fallbacks"]["overloaded"] - overloaded_before == len(shed)
+    meta = proxy.get("/v2/models/iris_lr")
+    assert meta.status_code == 200
+    assert meta.json()["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
 
 
 # -- what is and is not a failure -----------------------------------------------------------------
