@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,27 +54,20 @@ def median_ms(shots: list[Shot]) -> float | str:
     return round(statistics.median(s.ms for s in shots), 1) if shots else "-"
 
 
-def predictor_hits(stack: Stack) -> int:
-    total = 0
-    for url in stack.urls("predictor"):
-        with Client(url) as predictor:
-            total += int(predictor.stats()["hits"])
-    return total
+def predictor_hits(predictors: list[Client]) -> int:
+    return sum(int(predictor.stats()["hits"]) for predictor in predictors)
 
 
 def breaker_states(proxy: Client) -> str:
     return " / ".join(b["state"] for b in proxy.get("/breaker").json()["backends"])
 
 
-def observe(what: str, shots: list[Shot], stack: Stack, proxy: Client,
+def observe(what: str, shots: list[Shot], predictors: list[Client], proxy: Client,
             predictor_calls: int) -> dict[str, Any]:
     answered = [s for s in shots if s.answered]
     fallbacks = [s for s in shots if s.fallback]
     reasons = sorted({s.body["reason"] for s in fallbacks})
-    peak = []
-    for url in stack.urls("predictor"):
-        with Client(url) as predictor:
-            peak.append(str(predictor.stats()["max_in_flight"]))
+    peak = [str(predictor.stats()["max_in_flight"]) for predictor in predictors]
     return {
         "step": what,
         "sent": len(shots),
@@ -251,7 +245,7 @@ def draw(timeline: Timeline) -> Figure:
                   loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, fontsize=7.5)
     states.set_xlabel("seconds since the scenario began", fontsize=9)
     first = min([*(s.t for s in timeline.samples[:1]), *(s.t for s in timeline.steps[:1]), end])
-    states.set_xlim(max(0.0, first - 0.3), end)
+    states.set_xlim(max(0.0, first - 0.3), end + 0.3)
     return fig
 
 
@@ -261,10 +255,12 @@ def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
     url = stack.url()
     timeline = Timeline(url, stack.instances("predictor"),
                         int(stack.proc("predictor").env["DELAY_MS"]))
-    with Client(url) as proxy, timeline:
+    with ExitStack() as open_clients, Client(url) as proxy, timeline:
+        predictors = [open_clients.enter_context(Client(u))  # same ports after restarts
+                      for u in stack.urls("predictor")]
 
         def step(what: str, n: int, at_once: bool = True) -> None:
-            before = predictor_hits(stack)
+            before = predictor_hits(predictors)
             timeline.steps.append(Step(timeline.now(), what))
             if at_once:
                 shots = burst(url, n)
@@ -276,7 +272,8 @@ def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
                     shots.append(Shot(resp.status_code, ms, resp.json(), dict(resp.headers),
                                       sent))
             timeline.steps[-1].shots = shots
-            rows.append(observe(what, shots, stack, proxy, predictor_hits(stack) - before))
+            rows.append(observe(what, shots, predictors, proxy,
+                                predictor_hits(predictors) - before))
 
         step("10 at once (cap 5 x 2 replicas)", 10)
         step("30 at once", 30)
