@@ -292,6 +292,14 @@ class Bench:
         return notes
 
 
+def rate_figure(target: Target, m: Median, base: Median | None, base_unit: str) -> str:
+    """The medians behind a ratio: `2,732 vs 5,364 req/s`, `421 jobs/s vs 5,364 req/s`."""
+    if m.rate is None or base is None or base.rate is None:
+        return ""
+    unit = "" if target.unit == base_unit else f" {target.unit}"
+    return f"{m.rate:,.0f}{unit} vs {base.rate:,.0f} {base_unit}"
+
+
 def write_results(bench: Bench, med: dict[str, Median], pinning: str, elapsed: float,
                   load_before: float | None) -> None:
     args, targets = bench.args, bench.targets
@@ -326,19 +334,24 @@ def write_results(bench: Bench, med: dict[str, Median], pinning: str, elapsed: f
          "p99 ms": fmt(s.p99), "requests": s.requests, "errors": s.errors}
         for s in bench.samples
     ]
+    units = {t.key: t.unit for t in targets}
     ratios = [
-        report.Ratio(f"{t.pattern} {t.label}".lstrip("- ") + (" @1" if t.connections == 1 else ""),
-                     m.ratio, SHORT.get(t.baseline, t.baseline), THRESHOLDS.get(t.key))
+        report.Ratio(f"{t.pattern} {t.label}".lstrip("- ")
+                     + (" at 1 connection" if t.connections == 1 else ""),
+                     m.ratio, SHORT.get(t.baseline, t.baseline), THRESHOLDS.get(t.key),
+                     rate_figure(t, m, med.get(t.baseline), units.get(t.baseline, t.unit)))
         for t in targets if t.baseline and (m := med[t.key]).ratio is not None
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     chart = args.out.with_suffix(".png")
+    report.write_chart_data(args.out.with_suffix(".json"), ratios, f"{title}\n{when}; {load}")
     report.write_chart(chart, ratios, f"{title}\n{when}; {load}")
     report.write_markdown(args.out, title=title, header=header, summary=summary, bars=bars,
                           notes=bench.notes(), rounds=rounds, chart=chart)
     print("\n" + format_table(summary))
     print("\n" + "\n".join(bar.line().replace("**", "") for bar in bars))
-    print(f"\nwrote {args.out} and {chart.name}; the run took {elapsed / 60:.1f} min")
+    print(f"\nwrote {args.out}, {chart.name} and its data (.json); the run took "
+          f"{elapsed / 60:.1f} min")
 
 
 def main() -> int:

@@ -3,8 +3,9 @@
 `run` boots a pattern in the foreground, prints its URLs and keeps it up while services come
 and go; `ctl` talks to that running stack from another terminal (status, stop, start,
 restart, kill, pause, resume); `demo` boots a pattern, runs its scenario, prints what was
-observed and tears down; `render` writes each pattern's docker-compose.yml and k8s.yaml from
-its topology; `check` validates every topology and fails when a rendered file is out of date.
+observed (and the pictures the scenario drew into the run directory) and tears down;
+`render` writes each pattern's docker-compose.yml and k8s.yaml from its topology; `check`
+validates every topology and fails when a rendered file is out of date.
 The Makefile's targets are thin calls to these.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -172,14 +174,33 @@ def load_scenario(folder: Path, spec: str | None) -> Callable[[Stack], list[dict
     return scenario
 
 
+def shown(path: Path) -> str:
+    """A path as a user can paste it: relative to the working directory when inside it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def keep_pictures(run_dir: Path, folder: Path, save: bool) -> str:
+    """Name the PNGs a scenario drew into its run directory (the summary's `picture`); with
+    `save`, copy each into the pattern folder, the copy its README links."""
+    drawn = sorted(run_dir.glob("*.png"))
+    for png in drawn:
+        print(f"picture: {shown(png)}", flush=True)
+        if save:
+            shutil.copyfile(png, folder / png.name)
+            print(f"  saved as {shown(folder / png.name)}", flush=True)
+    return ", ".join(shown(png) for png in drawn) or "-"
+
+
 def demo_one(
-    folder: Path, env: dict[str, dict[str, str]] | None = None, step: str = ""
+    folder: Path, env: dict[str, dict[str, str]] | None = None, step: str = "",
+    save_pictures: bool = False,
 ) -> dict[str, Any]:
-    """Boot, run the scenario, print its observations; the tour's summary row."""
+    """Boot, run the scenario, print its observations and pictures; the tour's summary row."""
     topology = load_topology(folder)
     print(f"\n== {step}{topology.id} {topology.title}: {topology.summary}", flush=True)
     row: dict[str, Any] = {"pattern": f"{topology.id} {topology.title}", "boot": "-",
-                           "result": "fail", "what it proves": topology.proves or topology.summary}
+                           "result": "fail", "what it proves": topology.proves or topology.summary,
+                           "picture": "-"}
     started = time.perf_counter()
     try:
         scenario = load_scenario(folder, topology.scenario)
@@ -196,6 +217,7 @@ def demo_one(
         return row
     print(format_table(observed), flush=True)
     row["result"] = "pass"
+    row["picture"] = keep_pictures(stack.run_dir, folder, save_pictures)
     return row
 
 
@@ -206,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     env = parse_sets(args.set)
     began = time.perf_counter()
-    rows = [demo_one(folder, env, f"[{i}/{len(folders)}] ")
+    rows = [demo_one(folder, env, f"[{i}/{len(folders)}] ", args.save_pictures)
             for i, folder in enumerate(folders, 1)]
     passed = sum(row["result"] == "pass" for row in rows)
     took = time.perf_counter() - began
@@ -287,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="boot, run the scenario, print observations, tear down")
     demo.add_argument("pattern", nargs="?", help="one pattern (default: every built pattern)")
     demo.add_argument("--set", action="append", metavar="SERVICE.VAR=VALUE", help=set_help)
+    demo.add_argument("--save-pictures", action="store_true",
+                      help="also copy the scenario's PNGs into the pattern folder (the copies "
+                           "its README links)")
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("render", help="write docker-compose.yml and k8s.yaml files").set_defaults(
         func=cmd_render

@@ -137,6 +137,7 @@ class BurstReply:
     ms: float
     body: Any
     headers: dict[str, str]
+    sent: float = 0.0  # time.perf_counter() when the request was written
 
 
 async def _exchange(
@@ -159,7 +160,8 @@ async def _exchange(
     finally:
         writer.close()
     ms = (time.perf_counter() - start) * 1000
-    return BurstReply(int(head[0].split()[1]), ms, json.loads(body) if body else {}, headers)
+    return BurstReply(int(head[0].split()[1]), ms, json.loads(body) if body else {}, headers,
+                      start)
 
 
 def burst(url: str, n: int, body: object) -> list[BurstReply]:

@@ -5,7 +5,7 @@ and shares it until the tests move on to another pattern, and `entry` is a clien
 entry service; `fresh_stack(env=...)` boots a private copy for a test that kills services or
 needs other settings. When a test fails, the log tail of every service it used is attached to
 the report. `bad_predict_bodies(n_features, max_rows)` (`BAD_PREDICT_BODIES` for iris) and
-`post_body` are the shared bad-input cases.
+`post_body` are the shared bad-input cases; `check_picture` is what a demo's PNG must pass.
 
 The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject.toml; `-n 0`
 runs it in one process): every test of a pattern is put in that pattern's group, so one
@@ -15,6 +15,7 @@ worker has its own run directories (tmp_path_factory) and free ports.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,30 @@ def post_body(client: Client, path: str, body: object) -> httpx.Response:
     if isinstance(body, str):
         return client.post(path, content=body, headers=headers)
     return client.post(path, json=body, headers=headers)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_picture(path: Path, min_colors: int = 64, min_size: tuple[int, int] = (600, 400)
+                  ) -> dict[str, int]:
+    """Assert that `path` is a PNG worth looking at: the signature, at least `min_size`
+    pixels, and more than `min_colors` distinct colours (a blank or one-colour image has a
+    few). Returns its width, height and colour count."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG (starts {data[:8]!r})"
+    assert data[12:16] == b"IHDR", f"{path}: no IHDR chunk first"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= min_size[0] and height >= min_size[1], (
+        f"{path} is {width}x{height} pixels, under {min_size[0]}x{min_size[1]}"
+    )
+    from PIL import Image  # lazily: only the picture tests need it (matplotlib brings it)
+
+    with Image.open(path) as image:
+        found = image.convert("RGBA").getcolors(maxcolors=width * height)  # decodes it all
+    colors = len(found or [])
+    assert colors > min_colors, f"{path} has only {colors} distinct colours: blank?"
+    return {"width": width, "height": height, "colors": colors, "bytes": len(data)}
 
 
 def find_pattern_folder(test_path: Path) -> Path | None:

@@ -12,8 +12,9 @@ import pytest
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.models import train_model
-from patternkit.testing import BAD_PREDICT_BODIES, post_body
+from patternkit.testing import BAD_PREDICT_BODIES, check_picture, post_body
 from patternkit.topology import Stack
+from serving_patterns.prediction_cache import scenario
 
 SETOSA, VERSICOLOR, VIRGINICA = (row for row, _ in IRIS_ROWS)
 _unique = itertools.count(1)
@@ -126,6 +127,17 @@ def test_cache_counters_on_stats_and_metrics(proxy: Client) -> None:
         line = next(x for x in metrics.splitlines() if x.startswith(name + " "))
         assert float(line.split()[1]) >= 1
     assert proxy.get("/metadata").json()["model_version"] == "1.0.0"
+
+
+def test_the_demo_shows_hits_and_misses_and_draws_their_latency(
+    stack: Stack, tmp_path: Path
+) -> None:
+    rows = scenario.run(stack, out=tmp_path)
+    sample = next(r for r in rows if r["call"].endswith("repeats each"))
+    n = scenario.INPUTS
+    assert sample["x_cache"] == f"{n * scenario.REPEATS} HIT, {n} MISS"
+    assert sample["predictor_calls"] == n  # only the MISSes reached the predictor
+    check_picture(tmp_path / scenario.PICTURE)
 
 
 def test_a_new_model_version_is_a_miss(

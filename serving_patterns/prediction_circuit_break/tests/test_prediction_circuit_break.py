@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +18,9 @@ import pytest
 
 from patternkit.client import IRIS_ROWS, Client, wait_until
 from patternkit.client import burst as client_burst
-from patternkit.testing import BAD_PREDICT_BODIES, post_body
+from patternkit.testing import BAD_PREDICT_BODIES, check_picture, post_body
 from patternkit.topology import Stack
+from serving_patterns.prediction_circuit_break import scenario
 from serving_patterns.prediction_circuit_break.scenario import Shot, burst
 
 ROW = IRIS_ROWS[0][0]
@@ -265,6 +267,24 @@ def test_a_hung_backend_times_out_and_only_its_breaker_opens(stack: Stack, proxy
     # predictor-1 answers again: after the cooldown a trial call closes its breaker
     wait_until(lambda: predict(proxy).status_code == 200 and breakers(proxy)[hung]["state"]
                == "closed", timeout=10, what="predictor-1's breaker closing")
+
+
+# -- the demo and its picture (the shared stack: the scenario puts the predictors back) ----------
+
+
+def test_the_demo_sheds_breaks_heals_and_draws_it(stack: Stack, tmp_path: Path) -> None:
+    rows = {row["step"]: row for row in scenario.run(stack, out=tmp_path)}
+
+    over = rows["30 at once"]
+    assert (over["answered"], over["fallbacks"], over["errors"]) == (10, "20 overloaded", 0)
+    assert over["peak_in_flight"] == "5/5"
+    failing = rows["predictors fail: 6 at once"]
+    assert (failing["errors"], failing["breakers"]) == (6, "open / open")
+    cut_off = rows["breakers open: 5 calls"]
+    assert (cut_off["fallbacks"], cut_off["predictor_calls"]) == ("5 breaker_open", 0)
+    healed = rows["10 at once, closed again"]
+    assert (healed["answered"], healed["breakers"]) == (10, "closed / closed")
+    check_picture(tmp_path / scenario.PICTURE)
 
 
 # -- the error breaker -----------------------------------------------------------------------------
