@@ -8,6 +8,8 @@ the `<prefix>_prediction_log` table of the `sql` backing every `interval_s`, in 
 database that fails or hangs only delays the writes: a batch leaves the buffer once it is
 written, so it is tried again until it lands; what the buffer cannot hold meanwhile is counted
 as dropped. At shutdown the rest is flushed within a deadline, and what is left is counted too.
+`read_predictions` (or `await log.read(...)`, which flushes first) reads the rows back, newest
+`limit` first chosen, oldest first returned, e.g. to join several services' rows by request id.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from types import TracebackType
@@ -99,6 +102,41 @@ def _row(p: Prediction) -> dict[str, Any]:
     }
 
 
+def read_predictions(
+    engine: sa.Engine,
+    prefix: str,
+    *,
+    since: datetime | None = None,
+    services: Sequence[str] | None = None,
+    request_ids: Sequence[str] | None = None,
+    limit: int = 10_000,
+) -> list[dict[str, Any]]:
+    """The newest `limit` rows of `<prefix>_prediction_log` that match, oldest first.
+
+    `since` keeps rows recorded at or after it (a naive datetime is taken as UTC), `services`
+    and `request_ids` those of the services and requests named. Each row is a dict of the
+    table's columns, `at` timezone-aware (UTC); before anything was written, there are none.
+    """
+    table = prediction_table(prefix)
+    if not sa.inspect(engine).has_table(table.name):
+        return []
+    stmt = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+    if since is not None:
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+        stmt = stmt.where(table.c.at >= since)
+    if services is not None:
+        stmt = stmt.where(table.c.service.in_(list(services)))
+    if request_ids is not None:
+        stmt = stmt.where(table.c.request_id.in_(list(request_ids)))
+    with engine.connect() as conn:
+        found = [dict(r) for r in conn.execute(stmt).mappings()]
+    found.reverse()
+    for row in found:  # SQLite hands back naive datetimes: they were stored as UTC
+        if row["at"].tzinfo is None:
+            row["at"] = row["at"].replace(tzinfo=UTC)
+    return found
+
+
 def _total(counter: Counter, **labels: str) -> int:
     """A counter's value, read back (one fact, one counter)."""
     for metric in counter.collect():
@@ -126,6 +164,7 @@ class PredictionLog:
         if max_buffer < 1 or batch_size < 1 or interval_s <= 0:
             raise ValueError("max_buffer and batch_size must be >= 1, interval_s > 0")
         self._url = url
+        self.prefix = prefix
         self.engine: sa.Engine | None = url if isinstance(url, sa.Engine) else None
         self.metadata = sa.MetaData()
         self.table = prediction_table(prefix, self.metadata)
@@ -191,6 +230,24 @@ class PredictionLog:
             "writing": not self._failing,
             "last_error": self._last_error,
         }
+
+    async def read(
+        self,
+        *,
+        since: datetime | None = None,
+        services: Sequence[str] | None = None,
+        request_ids: Sequence[str] | None = None,
+        limit: int = 10_000,
+    ) -> list[dict[str, Any]]:
+        """`read_predictions` of this log after a flush, so what was recorded so far is in it
+        (unless the database refuses the flush: then only what it holds). Off the event loop."""
+        if self.engine is None:
+            raise RuntimeError("the prediction log is not started")
+        await self.flush()
+        return await asyncio.to_thread(
+            read_predictions, self.engine, self.prefix, since=since, services=services,
+            request_ids=request_ids, limit=limit,
+        )
 
     # -- the writer -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from patternkit.db import make_engine
-from patternkit.predlog import PredictionLog, prediction_table
+from patternkit.predlog import PredictionLog, prediction_table, read_predictions
 
 DOWN_DELAY_S = 0.5  # every write attempt while the database is down takes this, then fails
 
@@ -229,6 +229,34 @@ def test_what_the_database_refuses_at_shutdown_is_counted(
     assert metric(registry, 'prediction_log_dropped_total{reason="shutdown"}') == 25
     assert metric(registry, "prediction_log_written_total") == 0
     engine.dispose()
+
+
+def test_rows_read_back_by_time_service_and_request_id(engine: sa.Engine, prefix: str) -> None:
+    assert read_predictions(engine, prefix) == []  # nothing written yet: no table, no rows
+
+    async def scenario() -> None:
+        async with PredictionLog(engine, prefix, interval_s=3600) as plog:
+            for i in range(6):
+                plog.record([[i]], {"label": i}, request_id=f"r{i // 2}",
+                            service="a" if i % 2 == 0 else "b", latency_ms=float(i))
+            early = await plog.read()  # flushed first: the interval is an hour away
+            assert [(r["request_id"], r["service"]) for r in early] == [
+                ("r0", "a"), ("r0", "b"), ("r1", "a"), ("r1", "b"), ("r2", "a"), ("r2", "b")]
+            assert early[0]["output"] == {"label": 0}
+            assert early[0]["at"].tzinfo is not None
+            cut = datetime.now(UTC)
+            plog.record([[9]], {"label": 9}, request_id="late", service="a")
+            assert [r["request_id"] for r in await plog.read(since=cut)] == ["late"]
+            naive = cut.replace(tzinfo=None)  # taken as UTC
+            assert [r["request_id"] for r in await plog.read(since=naive)] == ["late"]
+            assert [r["latency_ms"] for r in await plog.read(services=["b"])] == [1.0, 3.0, 5.0]
+            picked = await plog.read(request_ids=["r1", "late"], services=["a"])
+            assert [r["request_id"] for r in picked] == ["r1", "late"]
+            newest = await plog.read(limit=2)  # the newest two, oldest first
+            assert [(r["request_id"], r["service"]) for r in newest] == [("r2", "b"),
+                                                                         ("late", "a")]
+
+    asyncio.run(scenario())
 
 
 def test_the_table_carries_the_prefix() -> None:
