@@ -86,11 +86,15 @@ def merged(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, 
 
 def diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted field, old, new) for every leaf that differs; mappings are compared key by
-    key (a key on one side only has None on the other), anything else as a whole."""
+    key (a key on one side only has None on the other), anything else as a whole. Keys kept
+    in another order (an ordered routing table) are one more change, `field[order]`."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         out: list[tuple[str, Any, Any]] = []
         for key in [*old, *(k for k in new if k not in old)]:
             out += diff(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        kept_old, kept_new = [k for k in old if k in new], [k for k in new if k in old]
+        if kept_old != kept_new:
+            out.append((f"{path}[order]", kept_old, kept_new))
         return out
     return [] if old == new else [(path, old, new)]
 
@@ -195,6 +199,25 @@ class RuntimeConfig(Generic[C]):
                           stat=f"{name}.version").set_function(lambda: self.version)
         self.publish()
 
+    @classmethod
+    def from_file(cls, model: type[C], file: str | Path, **kwargs: Any) -> "RuntimeConfig[C]":
+        """A config whose file is the whole of it ("replace" mode), read at once: a
+        ConfigRejected naming the file when it is missing or invalid."""
+        path = Path(file)
+        try:
+            content = read_file(path)
+        except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+            message = f"{path.name}: cannot read it: {exc}".replace("\n", " ")
+            raise ConfigRejected(message) from None
+        if not isinstance(content, dict):
+            raise ConfigRejected(f"{path.name}: expected a mapping of fields")
+        try:
+            config = cls(model, content, file=path, mode="replace", **kwargs)
+        except ConfigRejected as exc:
+            raise ConfigRejected(f"{path.name}: {exc.message}", exc.details) from None
+        config.load_at_start(required=True)
+        return config
+
     # -- reading -----------------------------------------------------------------------------
 
     @property
@@ -292,8 +315,8 @@ class RuntimeConfig(Generic[C]):
         self.last_rejected = {"at": now_iso(), "source": source, "message": exc.message}
         if self._rejected is not None:
             self._rejected.labels(source).inc()
-        log.warning("%s change by %s refused, the old %s stays: %s", self.name, source,
-                    self.name, exc.message)
+        log.warning("%s change by %s refused, nothing changed: %s", self.name, source,
+                    exc.message)
         self.publish()
         return exc
 

@@ -55,6 +55,8 @@ def test_merge_diff_and_file_delta() -> None:
         "a": 1, "m": {"x": 1, "y": 3}}
     assert diff({"a": 1, "m": {"x": 1}}, {"a": 2, "m": {"x": 1, "z": 5}}) == [
         ("a", 1, 2), ("m.z", None, 5)]
+    assert diff({"r": {"x": 1, "y": 2}}, {"r": {"y": 2, "x": 1}}) == [
+        ("r[order]", ["x", "y"], ["y", "x"])]  # an ordered table: the order is a change
     assert file_delta({"a": 1, "m": {"x": 1, "y": 2}, "gone": 1},
                       {"a": 1, "m": {"x": 1, "y": 4}, "new": 0}) == {"m": {"y": 4}, "new": 0}
 
@@ -103,6 +105,9 @@ def test_a_file_in_merge_mode_applies_its_edits_and_an_explicit_reload_applies_i
 
 def test_a_file_in_replace_mode_is_the_whole_config(tmp_path: Path) -> None:
     path = tmp_path / "knobs.toml"
+    write(path, 'target = "c"\n')
+    with pytest.raises(ConfigRejected, match=r"^knobs\.toml: target: no target named 'c'"):
+        RuntimeConfig.from_file(Knobs, path, context={"targets": ["a", "b"]})
     write(path, 'target = "b"\n[limits]\nb = 0.1\n')
     cfg = config(path, mode="replace")
     cfg.load_at_start(required=True)
