@@ -5,7 +5,9 @@
 (timeout, refused connection, an error status, a malformed reply) becomes a `BackendFailed`:
 an `ApiError` with a 502/503/504 naming the backend, never a 500. S6 chains these calls; S7
 runs them in parallel and turns each failure into a named gap in a partial answer
-(serving_patterns.microservice_vertical and microservice_horizontal).
+(serving_patterns.microservice_vertical and microservice_horizontal);
+`call_model_retrying` tries again after a failure within one deadline for every attempt
+(O6's RETRY and TIMEOUT_SECOND).
 
 `call_backend` is the timed call with that failure mapping under it (SA2's router passes the
 replies on), `timed_call` the one timed HTTP call under all of them; `RemoteModel` is a
@@ -84,7 +86,7 @@ class BackendFailed(ApiError):
 
     def __init__(
         self, backend: Backend, status: int, error: str, reason: str, ms: float,
-        who: str | None = None,
+        who: str | None = None, answered: int | None = None,
     ) -> None:
         super().__init__(
             status, f"{who or backend.name}: {reason}", error,
@@ -93,6 +95,14 @@ class BackendFailed(ApiError):
         self.backend = backend
         self.reason = reason
         self.ms = ms
+        self.answered = answered  # the backend's own status, when it answered
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt may succeed: not after a timeout (the time is spent) nor
+        after a 4xx (the backend refused the input, and would again)."""
+        refused = self.answered is not None and 400 <= self.answered < 500
+        return self.status != 504 and not refused
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, "reason": self.reason,
@@ -143,7 +153,7 @@ async def call_backend(
     if reply.status >= 500:
         raise BackendFailed(
             backend, 503 if reply.status == 503 else 502, "backend_error",
-            f"answered {reply.status}: {error_message(reply.body)}", ms, who,
+            f"answered {reply.status}: {error_message(reply.body)}", ms, who, reply.status,
         )
     return reply, ms
 
@@ -159,7 +169,7 @@ async def call_model(
     if reply.status != 200:
         raise BackendFailed(
             backend, 502, "backend_error",
-            f"answered {reply.status}: {error_message(reply.body)}", ms,
+            f"answered {reply.status}: {error_message(reply.body)}", ms, answered=reply.status,
         )
     try:
         out = PredictResponse.model_validate_json(reply.body)
@@ -174,6 +184,63 @@ async def call_model(
         )
     return ModelReply(backend.name, out.model, out.version, out.served_by, ms,
                       out.prediction, out.probabilities)
+
+
+@dataclass
+class Retried:
+    """A model's answer after `attempts` calls, and the failures before it."""
+
+    reply: ModelReply
+    failures: list[BackendFailed]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failures) + 1
+
+
+class RetriesFailed(BackendFailed):
+    """Every attempt failed: the last failure's status and error, each attempt in `details`."""
+
+    def __init__(self, backend: Backend, failures: list[BackendFailed], attempts: int,
+                 timeout_s: float) -> None:
+        last = failures[-1]
+        if last.status == 504:
+            reason = f"no answer within {timeout_s * 1000:.0f} ms"
+        else:
+            reason = last.reason
+        super().__init__(
+            backend, last.status, last.error,
+            f"{reason} (attempt {len(failures)} of {attempts})",
+            round(sum(f.ms for f in failures), 1), answered=last.answered,
+        )
+        self.failures = failures
+        self.details = [{"attempt": i, "backend": backend.name, **f.summary()}
+                        for i, f in enumerate(failures, 1)]
+
+
+async def call_model_retrying(
+    upstream: Upstream, backend: Backend, X: np.ndarray, rid: str | None, *,
+    attempts: int, timeout_s: float,
+) -> Retried:
+    """`call_model` up to `attempts` times within one deadline of `timeout_s` for them all:
+    the caller never waits longer than that. A failure is tried again at once while time is
+    left, unless it is a timeout (the time is spent) or a 4xx (the input was refused);
+    when no attempt succeeds, a `RetriesFailed` names the backend and lists each attempt."""
+    deadline = time.perf_counter() + timeout_s
+    failures: list[BackendFailed] = []
+    while len(failures) < attempts:
+        left = deadline - time.perf_counter()
+        if left <= 0 and failures:
+            break
+        try:
+            reply = await call_model(upstream, backend, X, rid, max(left, 0.001))
+        except BackendFailed as exc:
+            failures.append(exc)
+            if not exc.retryable:
+                break
+            continue
+        return Retried(reply, failures)
+    raise RetriesFailed(backend, failures, attempts, timeout_s)
 
 
 class RemoteModel:
@@ -245,17 +312,19 @@ class RemoteModel:
 
 @asynccontextmanager
 async def watch_models(
-    upstream: Upstream, backends: Sequence[Backend], state: ServiceState
+    upstream: Upstream, backends: Sequence[Backend], state: ServiceState,
+    ready_when: Callable[[Sequence[RemoteModel]], bool] | None = None,
 ) -> AsyncIterator[list[RemoteModel]]:
     """The backends as RemoteModels, refreshed in the background for the block (a lifespan);
-    the service turns ready (200 on /ready) once one of them is known. For a proxy of several
-    predictors started with `auto_ready=False`."""
+    the service turns ready (200 on /ready) once one of them is known, or once `ready_when`
+    says so (e.g. the one a proxy routes to). For a proxy of several predictors started with
+    `auto_ready=False`."""
     models = [RemoteModel(upstream, b.url, name=b.name) for b in backends]
 
     async def refresh(model: RemoteModel) -> None:
         while not await model.refresh():
             await asyncio.sleep(0.2)
-        if not state.ready:
+        if not state.ready and (ready_when is None or ready_when(models)):
             state.ready = True
             log.info("ready: %s %s takes %s features", model.backend.name, model.version,
                      model.n_features)

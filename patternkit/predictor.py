@@ -52,11 +52,17 @@ def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray
         req = PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    if len(req.data) > max_rows:
+    return check_rows(req.data, n_features, max_rows), req.request_id
+
+
+def check_rows(data: list[list[float]], n_features: int, max_rows: int) -> np.ndarray:
+    """A validated body's rows as a float32 array, after the batch size and row width checks
+    (for a service whose body holds more than a PredictRequest)."""
+    if len(data) > max_rows:
         raise ApiError(
-            413, f"batch of {len(req.data)} rows exceeds the limit of {max_rows} (MAX_BATCH_ROWS)"
+            413, f"batch of {len(data)} rows exceeds the limit of {max_rows} (MAX_BATCH_ROWS)"
         )
-    for i, row in enumerate(req.data):
+    for i, row in enumerate(data):
         if len(row) != n_features:
             raise ApiError(
                 422,
@@ -64,7 +70,7 @@ def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray
                 "validation_error",
                 [{"loc": f"body.data.{i}", "msg": f"expected {n_features} features"}],
             )
-    return np.asarray(req.data, dtype=np.float32), req.request_id
+    return np.asarray(data, dtype=np.float32)
 
 
 async def apply_faults(faults: Faults) -> None:

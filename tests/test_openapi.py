@@ -20,8 +20,9 @@ from patternkit.schemas import PREDICT_EXAMPLE, PredictRequest
 from patternkit.service.docs import request_example
 from patternkit.topology import Stack, discover, repo_root
 
-# actions that take no body: the id in the path says it all
-NO_BODY = {("post", "/jobs"), ("post", "/jobs/{job_id}/rerun")}
+# actions that take no body: the id in the path says it all, or the file they re-read
+NO_BODY = {("post", "/jobs"), ("post", "/jobs/{job_id}/rerun"), ("post", "/config/reload"),
+           ("post", "/rules/reload")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 OIP_ERROR_REF = {"$ref": "#/components/schemas/InferenceErrorBody"}
 

@@ -1,0 +1,1 @@
+"""Operation patterns: how models in production are deployed, versioned, logged and steered."""

@@ -1,0 +1,1 @@
+"""O6 Parameter-based serving: runtime parameters reroute, retune or switch off predictions."""
