@@ -1,10 +1,29 @@
 # One image for every Python service of every pattern; the compose command picks the role.
+
+# onnxruntime-web for S13's edge page, from the npm registry: the Makefile's `vendor` target
+# (the same version and the same three files, into the folder the page serves), so the image
+# never depends on what was vendored on the host (.dockerignore leaves that out).
+FROM node:20-slim AS onnxruntime-web
+ARG ORT_WEB_VERSION=1.30.0
+WORKDIR /ort
+RUN npm pack --quiet "onnxruntime-web@${ORT_WEB_VERSION}" \
+    && tar -xzf "onnxruntime-web-${ORT_WEB_VERSION}.tgz" \
+       package/dist/ort.wasm.min.js \
+       package/dist/ort-wasm-simd-threaded.mjs \
+       package/dist/ort-wasm-simd-threaded.wasm \
+    && mkdir vendor && mv package/dist/* vendor/ \
+    && touch "vendor/.onnxruntime-web-${ORT_WEB_VERSION}"
+
 FROM python:3.11-slim
 
+# the run directories and the model cache go to the /data volume: /app is not the app
+# user's to write
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=0 \
     UV_COMPILE_BYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATTERNKIT_RUNS_DIR=/data/runs \
+    PATTERNKIT_MODEL_CACHE=/data/model-cache
 
 WORKDIR /app
 RUN pip install --no-cache-dir uv
@@ -15,6 +34,7 @@ RUN uv export --locked --no-dev --no-emit-project --no-hashes -o /tmp/requiremen
     && uv pip install --system --no-cache -r /tmp/requirements.txt
 
 COPY . .
+COPY --from=onnxruntime-web /ort/vendor serving_patterns/edge_prediction/static/vendor
 RUN uv pip install --system --no-cache --no-deps . \
     && useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 USER app

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("patternkit.models")
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -290,7 +293,10 @@ def train_cached(
         except (OSError, ModelError):  # removed or replaced while we copied: train instead
             pass
     manifest = train_model(name, out, version=version, seed=seed, test_size=test_size)
-    _store(out, entry)
+    try:
+        _store(out, entry)
+    except OSError as exc:  # a cache we may not write (a read-only tree): the model stands
+        log.warning("model cache %s not written: %s", cache_dir, exc)
     return manifest, False
 
 

@@ -173,6 +173,103 @@ def test_compose_files_follow_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+COMPOSE_FILES = [ROOT / "docker-compose.yml", *(f / "docker-compose.yml" for f in PATTERNS)]
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`25s`, `1m30s`, `500ms`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def compose_services(path: Path) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml.safe_load(path.read_text())["services"]
+    return services
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: rel(p))
+def test_compose_publishes_only_the_entry_on_a_port_variable(path: Path) -> None:
+    """Two patterns run at once with PORT=8001; Redis and PostgreSQL stay inside the
+    pattern's network (the root file publishes nothing)."""
+    published = {name: svc["ports"] for name, svc in compose_services(path).items()
+                 if "ports" in svc}
+    if path.parent == ROOT:
+        assert published == {}
+        return
+    entry = load_topology(path.parent).entry
+    assert list(published.values()) == [["${PORT:-8000}:8000"]], published
+    assert next(iter(published)).removesuffix("-1") == entry
+
+
+def option_names(argv: list[str]) -> list[str]:
+    return [arg for arg in argv if arg.startswith("--")]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES[1:], ids=lambda p: rel(p))
+def test_compose_servers_drain_like_the_runner_and_stop_after_the_drain(path: Path) -> None:
+    """Every app runs with the options the local runner gives `patternkit.serve` (the
+    graceful-shutdown timeout among them), and compose's SIGKILL waits past that drain; a
+    long-running worker gets time for its warm shutdown."""
+    from patternkit.topology import Stack
+
+    topology = load_topology(path.parent)
+    runner = Stack(topology, "/tmp/unused")
+    checked = 0
+    for name, svc in compose_services(path).items():
+        spec = runner.procs[name].spec if name in runner.procs else None
+        if spec is None:
+            continue  # a backing service
+        if spec.app:
+            assert option_names(svc["command"]) == option_names(runner.proc(name).argv)
+            drain = float(svc["command"][svc["command"].index("--timeout-graceful-shutdown") + 1])
+            assert seconds(svc["stop_grace_period"]) > drain, name
+            checked += 1
+        elif not spec.oneshot:
+            assert seconds(svc["stop_grace_period"]) >= 60, name
+    assert checked, "no app service"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: rel(p))
+def test_compose_healthchecks_leave_time_for_a_busy_start(path: Path) -> None:
+    """On 2 shared cores a service may take tens of seconds to import and load its model:
+    a minute of start period, probed every second so a dependent starts at once, and a
+    timeout above the probe's own 2 s HTTP timeout."""
+    for name, svc in compose_services(path).items():
+        check = svc.get("healthcheck")
+        if check is None:
+            continue
+        assert seconds(check["start_period"]) >= 60, name
+        assert seconds(check["start_interval"]) <= 2, name
+        assert seconds(check["timeout"]) > 2, name
+        assert check["retries"] * seconds(check["interval"]) >= 20, name
+
+
+def makefile_value(name: str) -> str:
+    found = re.search(rf"^{name} := (.+)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert found, f"no {name} in the Makefile"
+    return found.group(1).strip()
+
+
+def test_the_image_vendors_onnxruntime_web_as_make_vendor_does() -> None:
+    """S13's page needs onnxruntime-web in the image: the Dockerfile's npm stage fetches the
+    Makefile's version and files into the folder the page serves, and .dockerignore keeps a
+    host copy out of the build."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    version = makefile_value("ORT_WEB_VERSION")
+    assert re.search(r"^FROM node:\S+ AS onnxruntime-web$", dockerfile, flags=re.M)
+    assert f"ARG ORT_WEB_VERSION={version}\n" in dockerfile
+    assert 'npm pack --quiet "onnxruntime-web@${ORT_WEB_VERSION}"' in dockerfile
+    extracted = re.findall(r"package/dist/(\S+)", dockerfile)
+    assert sorted(set(extracted) - {"*"}) == sorted(makefile_value("ORT_WEB_FILES").split())
+    target = makefile_value("ORT_WEB_DIR")
+    assert f"COPY --from=onnxruntime-web /ort/vendor {target}\n" in dockerfile
+    assert "**/static/vendor" in (ROOT / ".dockerignore").read_text().split()
+    stages = re.findall(r"^FROM (.+)$", dockerfile, flags=re.M)
+    assert len(stages) == 2, "the npm stage, then the one image of every service"
+
+
 def test_readme_starts_with_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", readme, flags=re.S)

@@ -121,3 +121,12 @@ def test_the_cache_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, value: str
 def test_the_default_cache_is_in_the_runs_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CACHE_ENV, raising=False)
     assert default_cache_dir() == ROOT / ".runs" / "model-cache"
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_model(tmp_path: Path) -> None:
+    """As in the image, where the repository is read-only to the `app` user: the cache is an
+    optimisation, so failing to store into it never fails a training."""
+    (tmp_path / "not-a-folder").write_text("")
+    manifest, hit = train_cached("iris_lr", tmp_path / "out", tmp_path / "not-a-folder" / "cache")
+    assert not hit
+    assert OnnxModel(tmp_path / "out").manifest["sha256"] == manifest["sha256"]

@@ -162,8 +162,9 @@ def test_compose_rendering_follows_the_rules() -> None:
         "predictor-2": {"condition": "service_healthy"}}
     assert services["lb"]["environment"]["BACKEND_URLS"] == (
         "http://predictor-1:8000,http://predictor-2:8000")
-    assert services["lb"]["ports"] == ["8000:8000"]
+    assert services["lb"]["ports"] == ["${PORT:-8000}:8000"]  # PORT=8001 for a second one
     assert "ready" in services["lb"]["healthcheck"]["test"][-1]
+    assert all("ports" not in s for name, s in services.items() if name != "lb")
     images = {s["image"] for s in services.values()}
     assert images == {"ml-system-patterns:latest"}
     for svc in services.values():

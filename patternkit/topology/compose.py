@@ -1,10 +1,12 @@
 """The compose renderer: the same topology as a `docker-compose.yml`, committed per pattern.
 
 Every Python service runs the one project image with a different command; app services
-listen on 8000 inside their container and get a healthcheck from `ready`; `depends_on` uses
-`service_healthy` / `service_completed_successfully`; backing services are images (Redis, and
-PostgreSQL for a `sql` one, its URL by service name). The file
-is generated, never edited by hand: `python -m patternkit check` fails when it drifts.
+listen on 8000 inside their container, drain in-flight requests for DRAIN_S on SIGTERM (the
+runner passes the same flag) and get a healthcheck from `ready`; only the entry is published,
+on `${PORT:-8000}`, so two patterns can run at once. `depends_on` uses `service_healthy` /
+`service_completed_successfully`; backing services are images (Redis, and PostgreSQL for a
+`sql` one, its URL by service name), reached inside the pattern's network only. The file is
+generated, never edited by hand: `python -m patternkit check` fails when it drifts.
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ DATA_DIR = "/data"
 # pinned to a minor version, as the project image is (python:3.11-slim)
 BACKING_IMAGES = {"redis": "redis:7.4-alpine", "sql": "postgres:16.6-alpine"}
 PG_USER, PG_PASSWORD, PG_DB = "postgres", "patterns", "patterns"  # as the root compose file
+PORT_VAR = "PORT"  # the entry's host port, as `make run PORT=...`
+DRAIN_S = 20  # uvicorn --timeout-graceful-shutdown: in-flight requests finish
+APP_STOP_S = DRAIN_S + 5  # compose's SIGKILL comes after the drain, never during it
+WORKER_STOP_S = 60  # a Celery worker's warm shutdown finishes its current task
+# Healthchecks on 2 busy cores: a probe every second while a service starts (start_interval,
+# Docker Engine 25+), up to START_PERIOD for imports and a model load, then every 10 s (a
+# probe is a short Python process); unhealthy after 3 failures in a row once started.
+HEALTHCHECK = {"interval": "10s", "timeout": "5s", "retries": 3, "start_period": "60s",
+               "start_interval": "1s"}
 HEADER = (
     "# Rendered from topology.toml by `python -m patternkit render`; do not edit by hand.\n"
     "# Run from the repository root: docker compose -f {path} up --build\n"
+    "# The entry is published on ${{PORT:-8000}}: PORT=8001 docker compose ... runs a second one.\n"
 )
 
 
@@ -34,7 +46,13 @@ def _http_probe(path: str) -> list[str]:
 
 
 def _healthcheck(test: list[str]) -> dict[str, Any]:
-    return {"test": test, "interval": "2s", "timeout": "3s", "retries": 30, "start_period": "5s"}
+    return {"test": test, **HEALTHCHECK}
+
+
+def serve_command(app: str) -> list[str]:
+    """How an app service starts in a container (compose and Kubernetes alike)."""
+    return ["python", "-m", "patternkit.serve", app, "--host", "0.0.0.0", "--port",
+            str(APP_PORT), "--timeout-graceful-shutdown", str(DRAIN_S)]
 
 
 def _backing_url(name: str, kind: str) -> tuple[str, int]:
@@ -103,8 +121,7 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             env = {"SERVICE_NAME": name, "INSTANCE_NAME": inst}
             env.update({k: v.format_map(ctx) for k, v in spec.env.items()})
             if spec.app:
-                command = ["python", "-m", "patternkit.serve", spec.app, "--host", "0.0.0.0",
-                           "--port", str(APP_PORT)]
+                command = serve_command(spec.app)
             else:
                 command = [arg.format_map(ctx) for arg in spec.run or []]
             svc: dict[str, Any] = {
@@ -121,11 +138,13 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
                 svc["healthcheck"] = _healthcheck(["CMD", *test])
             if spec.oneshot or spec.restart != "no":
                 svc["restart"] = spec.restart
+            if not spec.oneshot:
+                svc["stop_grace_period"] = f"{APP_STOP_S if spec.app else WORKER_STOP_S}s"
             deps = _depends(topology, spec)
             if deps:
                 svc["depends_on"] = deps
             if name == topology.entry and inst == spec.instances(name)[0]:
-                svc["ports"] = [f"{APP_PORT}:{APP_PORT}"]
+                svc["ports"] = [f"${{{PORT_VAR}:-{APP_PORT}}}:{APP_PORT}"]
             services[inst] = svc
     return {"name": topology.name.replace("_", "-"), "services": services,
             "volumes": {"run-data": {}}}

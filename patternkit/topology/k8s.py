@@ -22,7 +22,14 @@ import yaml
 
 from patternkit import heartbeat
 from patternkit.catalogue import role_of
-from patternkit.topology.compose import APP_PORT, BACKING_IMAGES, IMAGE
+from patternkit.topology.compose import (
+    APP_PORT,
+    BACKING_IMAGES,
+    DRAIN_S,
+    IMAGE,
+    WORKER_STOP_S,
+    serve_command,
+)
 from patternkit.topology.schema import (
     ServiceSpec,
     Topology,
@@ -38,9 +45,8 @@ HEARTBEAT_DIR = "/heartbeat"  # pod-local: replicas of one worker must not share
 DATA_VOLUME = "run-data"
 DATA_SIZE = "1Gi"
 PRESTOP_S = 5  # endpoints drop the pod before it stops taking connections
-DRAIN_S = 20  # uvicorn --timeout-graceful-shutdown: in-flight requests finish
-APP_GRACE_S = PRESTOP_S + DRAIN_S + 5
-WORKER_GRACE_S = 60  # a Celery worker's warm shutdown finishes its current task
+APP_GRACE_S = PRESTOP_S + DRAIN_S + 5  # DRAIN_S: uvicorn's graceful shutdown, as in compose
+WORKER_GRACE_S = WORKER_STOP_S  # a Celery worker's warm shutdown finishes its current task
 GATE_TIMEOUT_S = 900
 JOB_BACKOFF = 3
 USER_ID = 1000  # the image's `app` user
@@ -217,8 +223,7 @@ def heartbeat_path(name: str) -> str:
 
 def command_of(topology: Topology, spec: ServiceSpec) -> list[str]:
     if spec.app:
-        return ["python", "-m", "patternkit.serve", spec.app, "--host", "0.0.0.0",
-                "--port", str(APP_PORT), "--timeout-graceful-shutdown", str(DRAIN_S)]
+        return serve_command(spec.app)
     ctx = context(topology)
     return [arg.format_map(ctx) for arg in spec.run or []]
 

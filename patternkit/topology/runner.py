@@ -414,7 +414,13 @@ class Stack:
     def _booted(self, proc: Proc) -> None:
         """The progress event of a process that just became ready (or a oneshot that ended)."""
         if proc.external_url:
-            self._event(f"{proc.name} is external (REDIS_URL) and answers")
+            if proc.kind != "sql":
+                given = "REDIS_URL"
+            elif proc.external_url.startswith("sqlite:"):
+                given = f"the SQLite file {proc.external_url.removeprefix('sqlite:///')}"
+            else:
+                given = "DATABASE_URL"
+            self._event(f"{proc.name} is external ({given}) and answers")
             return
         took = time.time() - proc.spawned_at
         self._event(f"{proc.name} {'finished' if proc.oneshot else 'ready'} in {took:.1f}s")

@@ -80,7 +80,7 @@ class Features:
         """One DWH query for the item, cached if the item was not written meanwhile."""
         self.dwh_reads.inc()
         reply, _ = await timed_call(self.upstream, "GET", f"{self.dwh}/items/{item_id}",
-                                    rid=rid, name="the DWH")
+                                    rid=rid, name="DWH")
         if reply.status == 404:
             raise ApiError(404, f"item {item_id} is not in the DWH", "item_not_found",
                            headers={"x-data-source": "dwh"})

@@ -185,10 +185,21 @@ class EdgeClient:
                             f"predictor {url} answered {resp.status_code}: {resp.text[:200]}")
         body = resp.json()
         labels = [int(v) for v in body["prediction"]]
+        names = self._server_classes()
         with self._count_lock:
             self.usage.fallbacks += len(labels)
-        return EdgePrediction(labels, body["probabilities"], [str(v) for v in labels],
+        return EdgePrediction(labels, body["probabilities"],
+                              [names[v] if 0 <= v < len(names) else str(v) for v in labels],
                               str(body.get("version")), "server")
+
+    def _server_classes(self) -> list[str]:
+        """The fallback predictor's class names (its `/metadata`), or none if it has none."""
+        try:
+            resp = self.http.get(f"{self.fallback_url}/metadata")
+            model = (resp.json().get("model") or {}) if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return []
+        return [str(c) for c in model.get("classes", [])]
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -227,7 +238,8 @@ class EdgeClient:
 
     def _prune(self) -> None:
         """Keep the version in use and the newest others, up to `keep_versions` in all."""
-        keep = {self.version, *self.cached_versions()[: self.keep_versions - 1]}
+        others = [v for v in self.cached_versions() if v != self.version]
+        keep = {self.version, *others[: self.keep_versions - 1]}
         for version in self.cached_versions():
             if version not in keep:
                 shutil.rmtree(self.cache_dir / version, ignore_errors=True)

@@ -1,17 +1,19 @@
 """The proxy of S8: answers an input it has seen before from Redis instead of the predictor.
 
 `POST /predict` validates the body like the predictor does, looks the key
-`pred:{model_version}:{sha256(canonical JSON of data)}` up in Redis and answers a HIT from
-there; on a MISS it calls the predictor, stores the reply with a TTL and passes it on. The
-model version comes from the predictor's `/metadata` (re-read every VERSION_REFRESH_S) and
-from each reply's `X-Model-Version`; keys carry it, so a new model's answers are cached anew.
-Redis is optional at run time: a Redis error makes the call a MISS served by the predictor.
+`pred:{model_version}:{sha256 of the rows' shape and float32 bytes}` up in Redis and answers a
+HIT from there (`X-Cache: HIT`, `Age`); on a MISS it calls the predictor, stores the reply
+with a TTL and passes it on. The model version comes from the predictor's `/metadata`
+(re-read every VERSION_REFRESH_S) and from each reply's `X-Model-Version`; keys carry it, so a
+new model's answers are cached anew. Redis is optional at run time: a Redis error makes the
+call a MISS served by the predictor.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
@@ -80,7 +82,8 @@ class PredictionCache:
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-    async def get(self, key: str) -> dict[str, Any] | None:
+    async def get(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The stored reply and when it was stored (epoch seconds), or None on a miss."""
         if not self.guard.usable():
             return None
         try:
@@ -92,17 +95,23 @@ class PredictionCache:
         if raw is None:
             return None
         try:
-            payload: dict[str, Any] = orjson.loads(raw)
-        except orjson.JSONDecodeError:  # not written by this proxy: count it, treat as a miss
+            entry = orjson.loads(raw)
+            reply, stored_at = entry["reply"], float(entry["stored_at"])
+            if not isinstance(reply, dict):
+                raise TypeError("reply is not an object")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            # not written by this proxy: count it, treat it as a miss
             self.guard.errors.labels("decode").inc()
             return None
-        return payload
+        return reply, stored_at
 
     async def set(self, key: str, payload: dict[str, Any]) -> None:
+        """Store a reply with the time it was stored (a HIT's `Age`), for CACHE_TTL_S."""
         if not self.guard.usable():
             return
+        entry = {"stored_at": time.time(), "reply": payload}
         try:
-            await self.redis.set(key, orjson.dumps(payload), px=self.ttl_ms)
+            await self.redis.set(key, orjson.dumps(entry), px=self.ttl_ms)
         except REDIS_ERRORS as exc:
             self.guard.failed("set", exc)
             return
@@ -129,12 +138,18 @@ async def predict(request: Request) -> Response:
     X, body_rid = parse_batch(body, n_features, cfg.max_batch_rows)  # 422/413, never cached
     # Look up first and only then call the predictor: running both at once would make a
     # HIT cost a prediction anyway, and the point of the cache is to spare the predictor.
-    cached = await cache.get(cache_key(version, X))
-    if cached is not None:
+    found = await cache.get(cache_key(version, X))
+    if found is not None:
+        # The body is the stored reply: `served_by` and `version` name the predictor and model
+        # that computed it. The headers describe this answer, as an HTTP cache's do: the proxy
+        # served it (X-Served-By), from the cache (X-Cache), stored `Age` seconds ago; the
+        # request id is this request's (the body's own, else X-Request-ID), as the predictor's.
+        cached, stored_at = found
         cache.hits.inc()
         cached["request_id"] = body_rid or request_id(request)
         return json_response(cached, headers={
             "x-cache": "HIT",
+            "age": str(max(0, int(time.time() - stored_at))),
             "x-served-by": state.served_by,
             "x-model-version": str(cached.get("version", version)),
         })
@@ -181,7 +196,8 @@ def create_app(settings: CacheProxySettings | None = None) -> FastAPI:
     add_fast_route(
         app, "/predict", predict, ["POST"], tags=["predict"], openapi_extra=PREDICT_OPENAPI,
         responses={200: {"model": PredictResponse,
-                         "description": "the prediction; X-Cache: HIT or MISS"},
+                         "description": "the prediction; X-Cache: MISS, or HIT with Age "
+                                        "(seconds since it was stored)"},
                    413: {"description": "body or batch too large"}, 422: {}, 502: {}, 503: {}},
     )
     return app

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from patternkit.backends import timed_call
-from patternkit.proxy import Upstream, UpstreamDep
+from patternkit.proxy import Upstream, UpstreamDep, error_message
 from patternkit.schemas import FiniteFloat
 from patternkit.service import ApiError, ServiceState, create_service, json_response, request_id
 from patternkit.settings import ServiceSettings
@@ -55,8 +55,8 @@ def create_app(settings: WebAppSettings | None = None) -> FastAPI:
             upstream, "POST", predict_url, body=body, rid=request_id(request)
         )
         if reply.status != 200:
-            raise ApiError(502, f"predictor answered {reply.status}: {reply.body[:200]!r}",
-                           "backend_error")
+            raise ApiError(502, f"predictor answered {reply.status}: "
+                                f"{error_message(reply.body)}", "backend_error")
         result = orjson.loads(reply.body)
         label = int(result["prediction"][0])
         return json_response(

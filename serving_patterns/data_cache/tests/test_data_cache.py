@@ -394,10 +394,10 @@ def test_without_redis_items_come_from_the_dwh_then_caching_resumes(
         assert predict(proxy, item).headers["x-data-source"] == "cache"
         resp = predict(proxy, other)
         assert resp.status_code == 502, resp.text
-        assert "the DWH" in resp.json()["message"]
+        assert resp.json()["message"].startswith("backend DWH at http://")
 
         # and with the predictor gone, a 502 naming the predictor
         stack.kill("predictor")
         resp = predict(proxy, item)
         assert resp.status_code == 502, resp.text
-        assert "the predictor" in resp.json()["message"]
+        assert resp.json()["message"].startswith("the predictor: unreachable at http://")

@@ -273,6 +273,7 @@ def test_with_the_distribution_stopped_the_client_predicts_from_its_cache(
     with EdgeClient(stack.url(), tmp_path / "new", fallback_url=fallback_url) as device:
         result = device.predict(ROWS)
         assert (result.labels, result.source, result.version) == (EXPECTED, "server", "1.0.0")
+        assert result.classes[:1] == ["setosa"]  # named as the device names them
     with EdgeClient(stack.url(), tmp_path / "bare") as device, pytest.raises(
         EdgeError, match="no usable model on this device"
     ):
@@ -282,7 +283,9 @@ def test_with_the_distribution_stopped_the_client_predicts_from_its_cache(
 def test_a_new_version_is_picked_up_without_restarting_the_client(
     stack: Stack, publisher: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
-    with EdgeClient(stack.url(), tmp_path / "device-cache", refresh_interval_s=0.2) as device:
+    # keep_versions=2: the version in use and one other, the one to roll back to
+    with EdgeClient(stack.url(), tmp_path / "device-cache", refresh_interval_s=0.2,
+                    keep_versions=2) as device:
         assert device.refresh().version == "1.0.0"
         before = device.predict(IRIS_X)
         publisher("2.0.0", seed=7)

@@ -62,6 +62,20 @@ def test_a_repeated_input_is_a_fast_hit_that_spares_the_predictor(
     assert second.json()["probabilities"] == first.json()["probabilities"]
 
 
+def test_a_hit_is_the_stored_reply_with_headers_of_its_own(proxy: Client) -> None:
+    """As an HTTP cache answers: the body is what the predictor computed (its `served_by`
+    and `version`), the headers say who answered now, from where, and how old it is."""
+    row = new_row()
+    miss = predict(proxy, row)
+    assert "age" not in miss.headers
+    hit = predict(proxy, row)
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.headers["x-served-by"] == "proxy"
+    assert hit.json()["served_by"] == miss.json()["served_by"] == miss.headers["x-served-by"]
+    assert hit.json()["version"] == hit.headers["x-model-version"] == "1.0.0"
+    assert 0 <= int(hit.headers["age"]) <= 60  # whole seconds since stored, within the TTL
+
+
 def test_a_hit_carries_its_own_request_id(proxy: Client) -> None:
     row = new_row()
     predict(proxy, row, headers={"X-Request-ID": "first-call"})
@@ -69,6 +83,11 @@ def test_a_hit_carries_its_own_request_id(proxy: Client) -> None:
     assert hit.headers["x-cache"] == "HIT"
     assert hit.headers["x-request-id"] == "second-call"
     assert hit.json()["request_id"] == "second-call"
+    own = proxy.post("/predict", json={"data": [row], "request_id": "in-the-body"},
+                     headers={"X-Request-ID": "third-call"})
+    assert own.headers["x-cache"] == "HIT"
+    assert own.headers["x-request-id"] == "third-call"
+    assert own.json()["request_id"] == "in-the-body"  # the body's own id, as the predictor
 
 
 def test_the_key_is_the_data_not_its_spelling(proxy: Client) -> None:
