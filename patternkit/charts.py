@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # one meaning, one colour, in every picture (colour-blind safe: matplotlib's "tab" colours)
 COLORS = {
-    "answer": "#1f77b4",  # a real answer / a cache HIT's counterpart
+    "answer": "#1f77b4",  # a real answer, or a bar with no target
     "hit": "#2ca02c",
     "miss": "#ff7f0e",
     "fallback": "#ff7f0e",
