@@ -1,0 +1,1 @@
+"""QA patterns: shadow and online A/B tests, and the loading test."""
