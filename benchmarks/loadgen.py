@@ -1,4 +1,5 @@
-"""Load generation for the benchmarks: wrk when installed, else locust's FastHttpUser.
+"""Load generation for the benchmarks: wrk when installed, else locust's FastHttpUser (through
+`patternkit.loadtest`, the runner of the loading test).
 
 One call drives one URL for some seconds at some connections and returns req/s, p50, p99 and
 the errors. The load generator runs on CPU 0 and `pin_servers` moves every process this one
@@ -9,14 +10,11 @@ counter, locust through a shared counter; a tag per call keeps bodies distinct a
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -24,9 +22,9 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from patternkit.loadtest import runner as loadtest_runner
+from patternkit.loadtest.stats import phase_stats
 
-HERE = Path(__file__).resolve().parent
 BODY = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 # A MISS body: feature 3 is the call's tag, feature 4 a per-request counter. Both are whole
 # numbers below 2**24, so they stay distinct after the cache's float32 cast.
@@ -181,47 +179,20 @@ def run_wrk(url: str, load: Load, seconds: float, connections: int, workdir: Pat
 
 
 def run_locust(url: str, load: Load, seconds: float, connections: int, workdir: Path) -> Result:
+    """locust's FastHttpUser through the project's load runner (patternkit.loadtest), which
+    records every request unrounded: locust's own figures round to whole milliseconds, too
+    coarse for sub-millisecond hops."""
     tag = next(_tags)
-    prefix = workdir / f"locust-{tag}"
-    latencies = workdir / f"locust-{tag}.json"
-    env = {**os.environ, "BENCH_PATH": load.path, "BENCH_BODY": load.body,
-           "BENCH_LATENCIES": str(latencies)}
+    env = {"LOADTEST_PATH": load.path, "LOADTEST_BODY": load.body,
+           "LOADTEST_CLOSED_SECONDS": str(seconds)}
     if load.vary:
-        env.update(BENCH_VARY_TEMPLATE=VARY_TEMPLATE, BENCH_VARY_TAG=str(tag))
-    proc = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"),
-         "--headless", "-u", str(connections), "-r", str(min(100, 10 * connections)),
-         "-t", f"{max(1, round(seconds))}s", "--host", url, "--csv", str(prefix),
-         "--only-summary", "--loglevel", "ERROR"],
-        capture_output=True, text=True, check=False, cwd=workdir, env=env,
-        preexec_fn=pin_load_generator,
-    )
-    try:
-        with open(f"{prefix}_stats.csv", newline="") as handle:
-            row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
-    except (OSError, StopIteration):
-        raise RuntimeError(
-            f"locust wrote no stats (exit {proc.returncode}):\n{proc.stderr}"
-        ) from None
-    result = Result(_number(row["Requests/s"]), _number(row["50%"]), _number(row["99%"]),
-                    int(_number(row["Failure Count"])), int(_number(row["Request Count"])))
-    with suppress(OSError, ValueError, KeyError):  # our own record, finer than locust's CSV
-        seen = json.loads(latencies.read_text())
-        times = np.asarray(seen["times"], dtype=float)
-        done = times.size + seen["failures"]
-        span = seen["last"] - seen["first"]
-        if times.size and span > 0:
-            p50, p99 = (float(v) for v in np.percentile(times, [50, 99]))
-            result = Result((done - 1) / span, p50, p99, int(seen["failures"]), done)
-    return result
-
-
-def _number(text: str) -> float:
-    """A locust CSV cell; `N/A` (no request finished) is 0."""
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0
+        env.update(LOADTEST_VARY_TEMPLATE=VARY_TEMPLATE, LOADTEST_VARY_TAG=str(tag))
+    record = loadtest_runner.run_locust(
+        url, {"closed": connections}, env, workdir, seconds=seconds, tag=f"bench-{tag}",
+        preexec_fn=pin_load_generator)["closed"]
+    stats = phase_stats(record)
+    return Result(stats["rps"], stats["p50"] or 0.0, stats["p99"] or 0.0, stats["errors"],
+                  stats["requests"])
 
 
 def run_load(tool: str, url: str, load: Load, seconds: float, connections: int,
