@@ -3,7 +3,9 @@
 `create_app()` reads `PredictorSettings` (MODEL_PATH, INSTANCE_NAME, DELAY_MS, FAIL_MODE, ...),
 loads the model in the lifespan (503 on /ready until then) and serves
 `{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`.
-Patterns that need another model-backed endpoint reuse `add_predict_route`.
+With MODEL_REPO_URL it downloads the model MODEL_NAME and MODEL_VERSION name instead and can
+swap it at runtime (`patternkit.loader`, O2). Patterns that need another model-backed endpoint
+reuse `add_predict_route`.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def add_predict_route(
     async def predict(request: Request) -> Response:
         model = getattr(request.state, slot).model
         if model is None:
-            raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
+            why = f": {state.unready_reason}" if state.unready_reason else " yet"
+            raise ApiError(503, f"{state.served_by} has no model loaded{why}", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
         await apply_faults(faults)
         return json_response(model.answer(X, state.served_by, rid or request_id(request)))
@@ -116,9 +119,16 @@ def create_app(
     and `/predict` answer 503 until the model is in memory. A model that cannot be loaded
     (missing, tampered: sha256 mismatch), or that `on_load` refuses with a ModelError, is
     logged and stops the process. `on_load` lets a pattern publish more about the model.
+    With MODEL_REPO_URL the model comes from a model repository instead (`patternkit.loader`):
+    a refused one keeps the process up and unready, the reason on /ready and /metadata, and
+    `POST /admin/load` swaps versions.
     """
     cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+    if cfg.model_repo_url:  # imported here: aiohttp costs every other predictor ~0.5 s
+        from patternkit.loader import create_loading_app
+
+        return create_loading_app(cfg, faults, on_load)
 
     async def load(state: ServiceState, slot: ModelSlot) -> None:
         try:

@@ -1,0 +1,1 @@
+"""Operation patterns: how models are packaged, loaded, versioned, logged and watched."""
