@@ -4,8 +4,9 @@
 loads the model in the lifespan (503 on /ready until then) and serves
 `{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`.
 With MODEL_REPO_URL it downloads the model MODEL_NAME and MODEL_VERSION name instead and can
-swap it at runtime (`patternkit.loader`, O2). Patterns that need another model-backed endpoint
-reuse `add_predict_route`.
+swap it at runtime (`patternkit.loader`, O2); with BUNDLE_MANIFEST its model is checked to be
+the one of the bundle it was unpacked from (`patternkit.bundle`, O1). Patterns that need
+another model-backed endpoint reuse `add_predict_route`.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ def create_app(
     async def load(state: ServiceState, slot: ModelSlot) -> None:
         try:
             model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+            if cfg.bundle_manifest:
+                from patternkit.bundle import check_bundle
+
+                state.metadata["bundle"] = check_bundle(
+                    model.manifest, cfg.bundle_manifest, cfg.bundle_sha256)
             if on_load is not None:
                 on_load(state, model)
         except (ModelError, OSError, RuntimeError) as exc:

@@ -53,6 +53,9 @@ class PredictorSettings(BatchSettings):
     expected_features: int = Field(0, ge=0, description="input width the clients send; 0: any")
     max_model_bytes: int = Field(200_000_000, gt=0, description="larger downloads are refused")
     repo_timeout_s: float = Field(30.0, gt=0, description="per repository request")
+    # a model baked into a bundle (O1): its bundle.json, checked against the model
+    bundle_manifest: str = Field("", description="bundle.json of the bundle the model is in")
+    bundle_sha256: str = Field("", description="sha256 of the bundle file it was unpacked from")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:
