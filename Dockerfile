@@ -14,7 +14,9 @@ RUN npm pack --quiet "onnxruntime-web@${ORT_WEB_VERSION}" \
     && mkdir vendor && mv package/dist/* vendor/ \
     && touch "vendor/.onnxruntime-web-${ORT_WEB_VERSION}"
 
-FROM python:3.11-slim
+# The project image is the default target (the last stage is it); `--target model-in-image`
+# builds O1's image instead: one model baked into its server (operation_patterns/model_in_image).
+FROM python:3.11-slim AS project
 
 # the run directories and the model cache go to the /data volume: /app is not the app
 # user's to write
@@ -41,3 +43,37 @@ USER app
 VOLUME ["/data"]
 EXPOSE 8000
 CMD ["python", "-m", "patternkit", "list"]
+
+# O1, the build step: train the model, pack it with its server into a bundle, unpack it
+# (the same commands as the local stack's trainer and builder)
+FROM project AS model-bundle
+ARG MODEL_NAME=iris_lr
+ARG MODEL_VERSION=1.0.0
+ARG MODEL_SEED=42
+ARG BUNDLE_IMAGE=iris
+RUN python -m patternkit.trainer --model "$MODEL_NAME" --version "$MODEL_VERSION" \
+        --seed "$MODEL_SEED" --no-cache --out /tmp/build/model \
+    && python -m patternkit.builder build --registry /tmp/build/bundles \
+        --image "$BUNDLE_IMAGE" /tmp/build/model \
+    && python -m patternkit.builder unpack --registry /tmp/build/bundles \
+        --image "$BUNDLE_IMAGE" --version "$MODEL_VERSION" --into /tmp/build/app
+
+# O1, the image: the unpacked bundle and its pinned requirements, nothing else; its version
+# is the model's (tag it so: docker build --target model-in-image -t ...-iris:<version>)
+FROM python:3.11-slim AS model-in-image
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=model-bundle /tmp/build/app /opt/bundle
+RUN pip install --no-cache-dir -r /opt/bundle/requirements.txt \
+    && useradd --create-home --uid 1000 app
+USER app
+WORKDIR /opt/bundle/server
+ENV PYTHONPATH=/opt/bundle/server \
+    MODEL_PATH=/opt/bundle/model \
+    BUNDLE_MANIFEST=/opt/bundle/bundle.json
+EXPOSE 8000
+CMD ["python", "-m", "patternkit.serve", "patternkit.predictor:create_app", \
+     "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]
+
+# the default target: the project image above, unchanged
+FROM project

@@ -68,6 +68,8 @@ ROLES: dict[str, str] = {
     "prep": "the stage that turns raw rows into model inputs (prep-pred)",
     "pred": "the stage that runs the model on prepared inputs (prep-pred)",
     "distribution": "hands out models and their manifests to edge devices",
+    "repository": "stores versioned models and serves them to the servers that load them",
+    "builder": "packs a trained model with its server into an immutable bundle (an image)",
     "monolith": "every model in one process (the all-in-one antipattern)",
 }
 

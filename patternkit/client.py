@@ -2,8 +2,9 @@
 
 `Client` wraps httpx with a timeout and retries on connection errors; `wait_until` is the one
 way to wait for something (a deadline, never a fixed sleep); `burst` fires N requests at the
-same instant; `LatencyStats` summarises latencies; `print_table` shows a scenario's
-observations.
+same instant; `Traffic` keeps steady traffic going and records every reply while a test
+changes the service under it; `LatencyStats` summarises latencies; `print_table` shows a
+scenario's observations.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +187,93 @@ def burst(url: str, n: int, body: object) -> list[BurstReply]:
         return list(await asyncio.gather(*(_exchange(r, w, request) for r, w in conns)))
 
     return asyncio.run(fire())
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request of `Traffic` as its sender saw it (times from `time.monotonic()`)."""
+
+    sender: int
+    started: float
+    ended: float
+    status: int | None  # None: no HTTP answer at all (`error` says why)
+    version: str | None  # the X-Model-Version header
+    body_version: str | None  # the body's `version`, when it has one
+    error: str | None = None
+
+
+class Traffic:
+    """`senders` threads, each sending `body` to `url` one request after another until
+    stopped, every reply recorded: to count what callers see while a service changes under
+    them (a model swap, a replica killed). Use as a context manager."""
+
+    def __init__(self, url: str, body: object, senders: int = 4, timeout: float = 10.0) -> None:
+        self.url = url
+        self.body = body
+        self.senders = senders
+        self.timeout = timeout
+        self._sent: list[Sent] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(i,), daemon=True,
+                                          name=f"traffic-{i}") for i in range(senders)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout + 5)
+
+    def _send(self, sender: int) -> None:
+        with httpx.Client(timeout=self.timeout) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    resp = http.post(self.url, json=self.body)
+                except httpx.HTTPError as exc:
+                    sent = Sent(sender, started, time.monotonic(), None, None, None,
+                                type(exc).__name__)
+                else:
+                    try:
+                        parsed = resp.json()
+                    except ValueError:
+                        parsed = None
+                    version = parsed.get("version") if isinstance(parsed, dict) else None
+                    sent = Sent(sender, started, time.monotonic(), resp.status_code,
+                                resp.headers.get("x-model-version"),
+                                None if version is None else str(version),
+                                None if resp.status_code == 200 else resp.text[:200])
+                with self._lock:
+                    self._sent.append(sent)
+
+    def sent(self) -> list[Sent]:
+        with self._lock:
+            return list(self._sent)
+
+    def failures(self) -> list[Sent]:
+        return [s for s in self.sent() if s.status != 200]
+
+    def by_sender(self) -> dict[int, list[Sent]]:
+        """Each sender's replies in the order it sent them."""
+        out: dict[int, list[Sent]] = {i: [] for i in range(self.senders)}
+        for s in self.sent():
+            out[s.sender].append(s)
+        return out
+
+    def wait_for(self, count: int, since: float | None = None, timeout: float = 30.0) -> None:
+        """Until every sender has `count` replies to requests started after `since`."""
+        def enough() -> bool:
+            return all(sum(1 for s in sent if since is None or s.started > since) >= count
+                       for sent in self.by_sender().values())
+
+        wait_until(enough, timeout, what=f"{count} replies per sender")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

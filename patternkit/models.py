@@ -2,7 +2,8 @@
 
 Training (`train_model`) is the only place that imports scikit-learn; it writes `model.onnx`
 and a `manifest.json` beside it (name, version, metrics, data hash, library versions, input
-schema, sha256 of the file). Serving code loads the pair with `OnnxModel`, which verifies the
+schema, what a server needs to run it (`requires`: onnxruntime and the graph's opsets), sha256
+of the file). Serving code loads the pair with `OnnxModel`, which verifies the
 sha256 and predicts with onnxruntime alone.
 
 `train_cached` puts a content-addressed cache in front of `train_model`: an artifact trained
@@ -40,6 +41,12 @@ DATASETS = ("iris", "wine", "breast_cancer", "digits", "synthetic")
 SYNTHETIC = {"n_samples": 2000, "n_features": 8, "n_informative": 4, "n_redundant": 4,
              "n_classes": 3, "n_clusters_per_class": 1, "class_sep": 1.0, "flip_y": 0.03,
              "random_state": 0}
+# The oldest onnxruntime this project supports (pyproject.toml): every artifact's manifest
+# declares it in `requires`, with the opsets its graph imports, for servers that load
+# models they were not built with (patternkit.loader checks both before a download).
+MIN_ONNXRUNTIME = "1.18"
+DEFAULT_DOMAIN = "ai.onnx"  # the ONNX domain "" by its name
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -148,6 +155,17 @@ def export_onnx(estimator: Any, n_features: int, classifier: bool = True) -> byt
     return bytes(onx.SerializeToString())
 
 
+def graph_opsets(model: bytes) -> dict[str, int]:
+    """The opset an ONNX graph imports per domain (`ai.onnx` for the default one)."""
+    import onnx
+
+    found: dict[str, int] = {}
+    for entry in onnx.load_from_string(model).opset_import:
+        domain = entry.domain or DEFAULT_DOMAIN
+        found[domain] = max(found.get(domain, 0), int(entry.version))
+    return dict(sorted(found.items()))
+
+
 def library_versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for pkg in ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy"):
@@ -208,7 +226,8 @@ def write_artifact(
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     tmp = model_path.with_suffix(".onnx.tmp")
-    tmp.write_bytes(export_onnx(estimator, len(features), classifier))
+    graph = export_onnx(estimator, len(features), classifier)
+    tmp.write_bytes(graph)
     tmp.replace(model_path)
     manifest: dict[str, Any] = {
         "name": name,
@@ -218,6 +237,8 @@ def write_artifact(
         "input_schema": {"n_features": len(features), "features": features, "dtype": "float32"},
         "classes": classes or [],
         "libraries": library_versions(),
+        # what a server needs to run it: checked before download by patternkit.loader
+        "requires": {"onnxruntime": f">={MIN_ONNXRUNTIME}", "opset": graph_opsets(graph)},
         "file": MODEL_FILE,
         "sha256": sha256_file(model_path),
         **(extra or {}),

@@ -4,7 +4,10 @@
 loads the model in the lifespan (503 on /ready until then) and serves
 `{"data": [[...], ...]}` -> `{"prediction", "probabilities", "model", "version", "served_by"}`,
 and the same model over the Open Inference Protocol v2 (`/v2/...`, `patternkit.oip`).
-Patterns that need another model-backed endpoint reuse `add_predict_route`.
+With MODEL_REPO_URL it downloads the model MODEL_NAME and MODEL_VERSION name instead and can
+swap it at runtime (`patternkit.loader`, O2); with BUNDLE_MANIFEST its model is checked to be
+the one of the bundle it was unpacked from (`patternkit.bundle`, O1). Patterns that need
+another model-backed endpoint reuse `add_predict_route`.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def add_predict_route(
     async def predict(request: Request) -> Response:
         model = getattr(request.state, slot).model
         if model is None:
-            raise ApiError(503, f"{state.served_by} has no model loaded yet", "not_ready")
+            why = f": {state.unready_reason}" if state.unready_reason else " yet"
+            raise ApiError(503, f"{state.served_by} has no model loaded{why}", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
         await apply_faults(faults)
         return json_response(model.answer(X, state.served_by, rid or request_id(request)))
@@ -124,14 +128,25 @@ def create_app(
     `/predict` and `/v2/health/ready` answer 503 until the model is in memory. A model that
     cannot be loaded (missing, tampered: sha256 mismatch), or that `on_load` refuses with a
     ModelError, is logged and stops the process. `on_load` lets a pattern publish more about
-    the model.
+    the model. With MODEL_REPO_URL the model comes from a model repository instead
+    (`patternkit.loader`): a refused one keeps the process up and unready, the reason on
+    /ready and /metadata, and `POST /admin/load` swaps versions.
     """
     cfg = settings or PredictorSettings()
     faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+    if cfg.model_repo_url:  # imported here: aiohttp costs every other predictor ~0.5 s
+        from patternkit.loader import create_loading_app
+
+        return create_loading_app(cfg, faults, on_load)
 
     async def load(state: ServiceState, slot: ModelSlot) -> None:
         try:
             model = await asyncio.to_thread(OnnxModel, cfg.model_path)
+            if cfg.bundle_manifest:
+                from patternkit.bundle import check_bundle
+
+                state.metadata["bundle"] = check_bundle(
+                    model.manifest, cfg.bundle_manifest, cfg.bundle_sha256)
             if on_load is not None:
                 on_load(state, model)
         except (ModelError, OSError, RuntimeError) as exc:

@@ -7,7 +7,7 @@ with `make run SET="service.VAR=value"` (`python -m patternkit run --set ...`).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,10 +33,40 @@ class BatchSettings(ServiceSettings):
 
 
 class PredictorSettings(BatchSettings):
-    """The template predictor: which model to load and which faults to inject."""
+    """The template predictor: which model to load and which faults to inject.
+
+    The model is a local artifact (MODEL_PATH), or, when MODEL_REPO_URL is set, the one
+    MODEL_NAME and MODEL_VERSION name in a model repository, downloaded at start-up
+    (patternkit.loader).
+    """
 
     service_name: str = "predictor"
-    model_path: str = Field(..., description="model directory or .onnx file with a manifest")
+    model_path: str = Field("", description="model directory or .onnx file with a manifest")
     delay_ms: int = Field(0, ge=0, description="added latency per /predict call")
     fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
     load_delay_ms: int = Field(0, ge=0, description="extra time before /ready turns 200")
+    # a model from a repository (O2): downloaded, verified and checked before it serves
+    model_repo_url: str = Field("", description="model repository to download the model from")
+    model_name: str = Field("", description="the model to download (MODEL_REPO_URL)")
+    model_version: str = Field("", description="its version, or `latest`")
+    model_download_dir: str = Field("", description="where downloads go (default: a temp dir)")
+    expected_features: int = Field(0, ge=0, description="input width the clients send; 0: any")
+    max_model_bytes: int = Field(200_000_000, gt=0, description="larger downloads are refused")
+    repo_timeout_s: float = Field(30.0, gt=0, description="per repository request")
+    # a model baked into a bundle (O1): its bundle.json, checked against the model
+    bundle_manifest: str = Field("", description="bundle.json of the bundle the model is in")
+    bundle_sha256: str = Field("", description="sha256 of the bundle file it was unpacked from")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictorSettings:
+        if self.model_repo_url:
+            missing = [n for n, v in (("MODEL_NAME", self.model_name),
+                                      ("MODEL_VERSION", self.model_version)) if not v]
+            if missing:
+                raise ValueError(f"MODEL_REPO_URL is set: set {' and '.join(missing)} too")
+            if self.model_path:
+                raise ValueError("set MODEL_PATH or MODEL_REPO_URL, not both")
+        elif not self.model_path:
+            raise ValueError("set MODEL_PATH (a model directory), or MODEL_REPO_URL with "
+                             "MODEL_NAME and MODEL_VERSION")
+        return self

@@ -3,9 +3,11 @@
 `stack` boots the topology of the pattern under test (found from the test file's folder) once
 and shares it until the tests move on to another pattern, and `entry` is a client for its
 entry service; `fresh_stack(env=...)` boots a private copy for a test that kills services or
-needs other settings. When a test fails, the log tail of every service it used is attached to
-the report. `bad_predict_bodies(n_features, max_rows)` (`BAD_PREDICT_BODIES` for iris) and
-`post_body` are the shared bad-input cases; `check_picture` is what a demo's PNG must pass.
+needs other settings, and `extra_instance(stack, service, env)` one more process of a service
+beside the shared stack, with other settings, watched from its first second. When a test
+fails, the log tail of every service it used is attached to the report.
+`bad_predict_bodies(n_features, max_rows)` (`BAD_PREDICT_BODIES` for iris) and `post_body` are
+the shared bad-input cases; `check_picture` is what a demo's PNG must pass.
 
 The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject.toml; `-n 0`
 runs it in one process): every test of a pattern is put in that pattern's group, so one
@@ -15,8 +17,13 @@ worker has its own run directories (tmp_path_factory) and free ports.
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ import httpx
 import pytest
 
 from patternkit.client import Client
+from patternkit.infra import free_port
 from patternkit.topology import Stack
 from patternkit.topology.schema import TOPOLOGY_FILE
 
@@ -89,6 +97,51 @@ def check_picture(path: Path, min_colors: int = 64, min_size: tuple[int, int] = 
     colors = len(found or [])
     assert colors > min_colors, f"{path} has only {colors} distinct colours: blank?"
     return {"width": width, "height": height, "colors": colors, "bytes": len(data)}
+@dataclass(frozen=True)
+class Instance:
+    """An extra process of a topology service: where it listens and logs."""
+
+    name: str
+    url: str
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def extra_instance(
+    stack: Stack, service: str, env: dict[str, str] | None = None, name: str | None = None
+) -> Iterator[Instance]:
+    """One more process of the app `service`, as the stack runs it (same command and settings,
+    `env` on top) on a free port; it is not waited for, so a test sees it from its first
+    request on, and it is stopped (its process group, by pid) when the block ends."""
+    base = stack.proc(service)
+    if base.kind != "app":
+        raise ValueError(f"{service} is not an app service")
+    port = free_port()
+    argv = list(base.argv)
+    argv[argv.index("--port") + 1] = str(port)
+    name = name or f"{service}-extra-{port}"
+    log_path = stack.log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            argv, cwd=stack.project, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **base.env, "INSTANCE_NAME": name, **(env or {})},
+        )
+    try:
+        yield Instance(name, f"http://127.0.0.1:{port}", log_path, popen)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout=stack.grace)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(timeout=stack.grace)
 
 
 def find_pattern_folder(test_path: Path) -> Path | None:

@@ -238,3 +238,48 @@ def test_the_rendered_file_is_plain_yaml_of_every_object() -> None:
     assert docs[0]["kind"] == "Namespace"
     with pytest.raises(TopologyError):
         load_topology("serving_patterns/no_such_pattern")
+
+
+BAKED = {"run": ["{python}", "-m", "m.predictor", "--port", "{port}"], "ready": "/ready",
+         "depends_on": ["trainer"], "env": {"BUNDLES": "{run_dir}/bundles"},
+         "image": {"target": "model-in-image", "tag": "my-model:1.2.0",
+                   "args": {"MODEL_VERSION": "1.2.0"}}}
+
+
+def test_a_service_with_its_own_image_runs_it_without_the_local_stand_ins() -> None:
+    """O1: the image holds the model; the local trainer is not rendered, nor waited for."""
+    from patternkit.topology.compose import render_compose
+
+    t = topo({"trainer": {**TRAINER, "local": True}, "predictor": BAKED}, entry="predictor")
+    assert set(objects(t, "Deployment")) == {"predictor"} and not objects(t, "Job")
+    box = pod(objects(t, "Deployment")["predictor"])["containers"][0]
+    assert box["image"] == "my-model:1.2.0" and "command" not in box
+    assert set(env(box)) == {"SERVICE_NAME", "INSTANCE_NAME"}  # its local env is not its own
+    assert box["readinessProbe"]["httpGet"]["path"] == "/ready"  # a run with ready: HTTP
+    assert "initContainers" not in pod(objects(t, "Deployment")["predictor"])
+    assert "volumeMounts" not in box and not objects(t, "PersistentVolumeClaim")
+    assert objects(t, "Service")["predictor"]["spec"]["ports"][0]["port"] == 8000
+    assert "--target model-in-image --build-arg MODEL_VERSION=1.2.0 -t my-model:1.2.0" in \
+        k8s_text(t, "x/k8s.yaml")
+    compose = render_compose(t)
+    assert set(compose["services"]) == {"predictor"} and "volumes" not in compose
+    svc = compose["services"]["predictor"]
+    assert svc["image"] == "my-model:1.2.0" and "command" not in svc and "depends_on" not in svc
+    assert svc["build"]["target"] == "model-in-image"
+    assert svc["build"]["args"] == {"MODEL_VERSION": "1.2.0"}
+
+
+@pytest.mark.parametrize(
+    ("services", "entry", "message"),
+    [
+        ({"trainer": {**TRAINER, "local": True}, "predictor": PREDICTOR}, "predictor",
+         "'trainer' is `local`"),
+        ({"predictor": {**BAKED, "depends_on": [], "local": True}}, "predictor",
+         "entry 'predictor' is `local`"),
+        ({"api": {"app": "m:f"}, "p": {**BAKED, "depends_on": [], "local": True}}, "api",
+         "not both"),
+    ],
+)
+def test_local_services_stay_local(services: dict[str, Any], entry: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        topo(services, entry=entry)

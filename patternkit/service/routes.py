@@ -83,7 +83,8 @@ def install_ops_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/ready", tags=["ops"])
     async def ready() -> Response:
         if not state.ready:
-            return error_response(503, f"{state.served_by} is not ready", "not_ready")
+            why = f": {state.unready_reason}" if state.unready_reason else ""
+            return error_response(503, f"{state.served_by} is not ready{why}", "not_ready")
         return json_response({"status": "ready", "served_by": state.served_by})
 
     @app.get("/metadata", tags=["ops"])

@@ -37,6 +37,7 @@ class ServiceState:
         self.name = settings.service_name
         self.served_by = settings.served_by
         self.ready = False
+        self.unready_reason: str | None = None  # why /ready is 503, shown there (e.g. loading)
         self.metadata: dict[str, Any] = {}
         self.stats: dict[str, Any] = {}
         self.hits = 0

@@ -5,8 +5,10 @@ listen on 8000 inside their container, drain in-flight requests for DRAIN_S on S
 runner passes the same flag) and get a healthcheck from `ready`; only the entry is published,
 on `${PORT:-8000}`, so two patterns can run at once. `depends_on` uses `service_healthy` /
 `service_completed_successfully`; backing services are images (Redis, and PostgreSQL for a
-`sql` one, its URL by service name), reached inside the pattern's network only. The file is
-generated, never edited by hand: `python -m patternkit check` fails when it drifts.
+`sql` one, its URL by service name), reached inside the pattern's network only. A service with
+`image` is built from its own stage of the root Dockerfile and runs that image's command;
+`local` services are left out. The file is generated, never edited by hand:
+`python -m patternkit check` fails when it drifts.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def _depends(topology: Topology, spec: ServiceSpec) -> dict[str, dict[str, str]]
             out[dep] = {"condition": "service_healthy"}
             continue
         dspec = topology.services[dep]
+        if dspec.local:  # what the image build does instead
+            continue
         if dspec.oneshot:
             condition = "service_completed_successfully"
         elif dspec.ready or dspec.healthcheck:
@@ -115,22 +119,30 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
         services[name] = _backing_service(topology.backing[name].kind)
         if topology.backing[name].restart != "no":
             services[name]["restart"] = topology.backing[name].restart
-    for name, spec in topology.services.items():
+    for name, spec in topology.rendered().items():
         for inst in spec.instances(name):
             ctx = _context(topology, inst)
             env = {"SERVICE_NAME": name, "INSTANCE_NAME": inst}
-            env.update({k: v.format_map(ctx) for k, v in spec.env.items()})
-            if spec.app:
-                command = serve_command(spec.app)
+            svc: dict[str, Any]
+            if spec.image is not None:  # its own image, command and files: no shared volume
+                build: dict[str, Any] = {"context": rel_root, "dockerfile": "Dockerfile",
+                                         "target": spec.image.target}
+                if spec.image.args:
+                    build["args"] = dict(spec.image.args)
+                svc = {"image": spec.image.tag, "build": build, "environment": env}
             else:
-                command = [arg.format_map(ctx) for arg in spec.run or []]
-            svc: dict[str, Any] = {
-                "image": IMAGE,
-                "build": {"context": rel_root, "dockerfile": "Dockerfile"},
-                "command": command,
-                "environment": env,
-                "volumes": [f"run-data:{DATA_DIR}"],
-            }
+                env.update({k: v.format_map(ctx) for k, v in spec.env.items()})
+                if spec.app:
+                    command = serve_command(spec.app)
+                else:
+                    command = [arg.format_map(ctx) for arg in spec.run or []]
+                svc = {
+                    "image": IMAGE,
+                    "build": {"context": rel_root, "dockerfile": "Dockerfile"},
+                    "command": command,
+                    "environment": env,
+                    "volumes": [f"run-data:{DATA_DIR}"],
+                }
             if spec.ready:
                 svc["healthcheck"] = _healthcheck(_http_probe(spec.ready))
             elif spec.healthcheck:
@@ -146,8 +158,10 @@ def render_compose(topology: Topology, rel_root: str = "../..") -> dict[str, Any
             if name == topology.entry and inst == spec.instances(name)[0]:
                 svc["ports"] = [f"${{{PORT_VAR}:-{APP_PORT}}}:{APP_PORT}"]
             services[inst] = svc
-    return {"name": topology.name.replace("_", "-"), "services": services,
-            "volumes": {"run-data": {}}}
+    doc: dict[str, Any] = {"name": topology.name.replace("_", "-"), "services": services}
+    if any("volumes" in svc for svc in services.values()):
+        doc["volumes"] = {"run-data": {}}
+    return doc
 
 
 def compose_text(topology: Topology, path: str, rel_root: str = "../..") -> str:

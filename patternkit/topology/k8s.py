@@ -8,7 +8,9 @@ heartbeat file, a oneshot a Job (a CronJob with `schedule`), a backing service a
 a PodDisruptionBudget; services whose replicas are addressed one by one (`{svc.urls}`) are a
 StatefulSet behind a headless Service, so each replica has a stable DNS name. `depends_on`
 becomes an init container (`python -m patternkit.gate wait`); files (models, a Job's
-completion mark) go through the pattern's `run-data` volume. See docs/deploy.md.
+completion mark) go through the pattern's `run-data` volume. A service with `image` runs its
+own image (a stage of the root Dockerfile) and that image's command; `local` services are left
+out. A `run` command with a `ready` path is an HTTP server like an app. See docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ HEADER = """\
 # Rendered from topology.toml by `python -m patternkit render`; do not edit by hand.
 # Kubernetes >= 1.25 (validated against {version}); one namespace per pattern; see docs/deploy.md.
 #   docker build -t {image} .        # from the repository root; then load or push it
-#   kubectl apply -f {path}
+{builds}#   kubectl apply -f {path}
 #   kubectl -n {namespace} port-forward svc/{entry} {port}:{port}
 """
 
@@ -167,7 +169,15 @@ def component_of(spec: ServiceSpec) -> str:
     return role or ("job" if spec.oneshot else "process")
 
 
+def serves_http(spec: ServiceSpec) -> bool:
+    """An app, or a long-running command with a `ready` path: it listens on {port}."""
+    return spec.app is not None or (spec.run is not None and spec.ready is not None
+                                     and not spec.oneshot and spec.worker is None)
+
+
 def template_texts(spec: ServiceSpec) -> list[str]:
+    if spec.image is not None:  # none of its local command and env is rendered
+        return [*(spec.healthcheck or [])]
     return [*spec.env.values(), *(spec.run or []), *(spec.healthcheck or [])]
 
 
@@ -181,9 +191,16 @@ def is_job(spec: ServiceSpec) -> bool:
     return spec.oneshot and spec.schedule is None
 
 
+def rendered_deps(topology: Topology, spec: ServiceSpec) -> list[str]:
+    """`depends_on` without the `local` services (the image build does what they do)."""
+    return [d for d in spec.depends_on
+            if d in topology.backing or not topology.services[d].local]
+
+
 def needs_data(topology: Topology, spec: ServiceSpec) -> bool:
     """Whether the pod mounts run-data: it uses {run_dir}, is a Job or waits for one."""
-    waits = any(d in topology.services and is_job(topology.services[d]) for d in spec.depends_on)
+    waits = any(d in topology.services and is_job(topology.services[d])
+                for d in rendered_deps(topology, spec))
     return uses(spec, "run_dir") or is_job(spec) or waits
 
 
@@ -207,6 +224,8 @@ def env_of(topology: Topology, name: str, spec: ServiceSpec) -> list[dict[str, A
         {"name": "SERVICE_NAME", "value": name},
         {"name": "INSTANCE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if spec.image is not None:
+        return env
     for db in sql_backings_used(topology, spec):
         env.append({"name": password_var(db), "valueFrom": {
             "secretKeyRef": {"name": secret_name(db), "key": "password"}}})
@@ -221,7 +240,10 @@ def heartbeat_path(name: str) -> str:
     return f"{HEARTBEAT_DIR}/{name}"
 
 
-def command_of(topology: Topology, spec: ServiceSpec) -> list[str]:
+def command_of(topology: Topology, spec: ServiceSpec) -> list[str] | None:
+    """The container's command; None: the image's own (a service with `image`)."""
+    if spec.image is not None:
+        return None
     if spec.app:
         return serve_command(spec.app)
     ctx = context(topology)
@@ -229,8 +251,8 @@ def command_of(topology: Topology, spec: ServiceSpec) -> list[str]:
 
 
 def probes(topology: Topology, name: str, spec: ServiceSpec) -> dict[str, Any]:
-    """Readiness from `ready`, liveness from `/health` (apps); a worker's heartbeat file."""
-    if spec.app:
+    """Readiness from `ready`, liveness from `/health` (HTTP servers); a worker's heartbeat."""
+    if serves_http(spec):
         def http(path: str, period: int, failures: int) -> dict[str, Any]:
             return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
                     "timeoutSeconds": 2, "failureThreshold": failures}
@@ -259,14 +281,14 @@ def gate_container(topology: Topology, spec: ServiceSpec) -> dict[str, Any] | No
     """An init container that waits for what `depends_on` names: a backing service's port, an
     app's readiness (every replica of a member set), a Job's completion mark."""
     args: list[str] = []
-    for dep in spec.depends_on:
+    for dep in rendered_deps(topology, spec):
         if dep in topology.backing:
             args += ["--tcp", f"{dns(dep)}:{BACKING_PORTS[backing_kind(topology, dep)]}"]
             continue
         dspec = topology.services[dep]
         if dspec.oneshot:
             args += ["--file", f"{DONE_DIR}/{dep}"]
-        elif dspec.app:
+        elif serves_http(dspec):
             for host in member_hosts(topology, dep):
                 args += ["--http", f"http://{host}:{APP_PORT}{dspec.ready}"]
         # a worker or a command has no address to probe from another pod
@@ -288,20 +310,21 @@ def gate_container(topology: Topology, spec: ServiceSpec) -> dict[str, Any] | No
 
 def pod_spec(topology: Topology, name: str, spec: ServiceSpec) -> dict[str, Any]:
     command = command_of(topology, spec)
-    if is_job(spec):
+    if is_job(spec) and command is not None:
         command = ["python", "-m", "patternkit.gate", "done", f"{DONE_DIR}/{name}", "--",
                    *command]
     box: dict[str, Any] = {
         "name": dns(name),
-        "image": IMAGE,
+        "image": spec.image.tag if spec.image is not None else IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "env": env_of(topology, name, spec),
     }
-    if spec.app:
+    if command is not None:
+        box["command"] = command
+    box["env"] = env_of(topology, name, spec)
+    if serves_http(spec):
         box["ports"] = [{"name": "http", "containerPort": APP_PORT}]
     box.update(probes(topology, name, spec))
-    if spec.app:
+    if serves_http(spec):
         box["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_S)]}}}
     box["resources"] = APP_RESOURCES
     box["securityContext"] = container_security()
@@ -324,7 +347,7 @@ def pod_spec(topology: Topology, name: str, spec: ServiceSpec) -> dict[str, Any]
     if spec.oneshot:
         pod["restartPolicy"] = "Never"
     else:
-        pod["terminationGracePeriodSeconds"] = APP_GRACE_S if spec.app else WORKER_GRACE_S
+        pod["terminationGracePeriodSeconds"] = APP_GRACE_S if serves_http(spec) else WORKER_GRACE_S
     if volumes:
         pod["volumes"] = volumes
     return pod
@@ -354,7 +377,7 @@ def service_objects(topology: Topology, name: str, spec: ServiceSpec) -> list[di
         }]
     objects: list[dict[str, Any]] = []
     members = is_member_set(topology, name)
-    if spec.app:
+    if serves_http(spec):
         svc_spec: dict[str, Any] = {
             "selector": selector(topology, name),
             "ports": [{"name": "http", "port": APP_PORT, "targetPort": "http"}],
@@ -372,7 +395,7 @@ def service_objects(topology: Topology, name: str, spec: ServiceSpec) -> list[di
         workload = {"serviceName": dns(name), "podManagementPolicy": "Parallel", **workload}
     else:
         kind = "Deployment"
-        if spec.app or spec.worker:
+        if serves_http(spec) or spec.worker:
             workload["strategy"] = {"type": "RollingUpdate",
                                     "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         else:  # a plain long-running command (e.g. a scheduler) may not tolerate a twin
@@ -466,7 +489,8 @@ def backing_objects(topology: Topology, name: str) -> list[dict[str, Any]]:
 
 def render_k8s(topology: Topology) -> list[dict[str, Any]]:
     """The manifests (a list of objects, in apply order) for `topology`."""
-    names = [dns(n) for n in [*topology.backing, *topology.services]]
+    services = topology.rendered()
+    names = [dns(n) for n in [*topology.backing, *services]]
     if len(set(names)) != len(names):
         raise ValueError(f"{topology.name}: two services share a Kubernetes name: {names}")
     ns = namespace(topology)
@@ -480,7 +504,7 @@ def render_k8s(topology: Topology) -> list[dict[str, Any]]:
             docs.append({"apiVersion": "v1", "kind": "Secret",
                          "metadata": meta(topology, name, "database", secret_name(name)),
                          "type": "Opaque", "stringData": {"password": PG_PASSWORD}})
-    if any(needs_data(topology, spec) for spec in topology.services.values()):
+    if any(needs_data(topology, spec) for spec in services.values()):
         docs.append({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": DATA_VOLUME, "namespace": ns,
@@ -491,7 +515,7 @@ def render_k8s(topology: Topology) -> list[dict[str, Any]]:
         })
     for name in topology.backing:
         docs.extend(backing_objects(topology, name))
-    for name, spec in topology.services.items():
+    for name, spec in services.items():
         docs.extend(service_objects(topology, name, spec))
     return docs
 
@@ -506,7 +530,13 @@ class _Dumper(yaml.SafeDumper):
 def k8s_text(topology: Topology, path: str) -> str:
     body = yaml.dump_all(render_k8s(topology), Dumper=_Dumper, sort_keys=False, width=100,
                          default_flow_style=None)
-    return HEADER.format(version=K8S_VERSION, image=IMAGE, path=path,
+    builds = "".join(
+        f"#   docker build --target {spec.image.target}"
+        + "".join(f" --build-arg {k}={v}" for k, v in spec.image.args.items())
+        + f" -t {spec.image.tag} .\n"
+        for spec in topology.rendered().values() if spec.image is not None
+    )
+    return HEADER.format(version=K8S_VERSION, image=IMAGE, path=path, builds=builds,
                          namespace=namespace(topology), entry=dns(topology.entry),
                          port=APP_PORT) + body
 

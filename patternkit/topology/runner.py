@@ -597,8 +597,11 @@ class Stack:
                 proc.state = State.STOPPED
                 self._event(f"{proc.name} stopped")
 
-    def start_service(self, name: str, env: dict[str, str] | None = None) -> None:
-        """Start a service that is down (with extra env) on its old port; wait until ready.
+    def start_service(
+        self, name: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
+        """Start a service that is down (with extra env) on its old port; wait until ready
+        (`wait=False`: return once it is spawned, e.g. to watch it while it loads).
 
         A service already running is left as it is; `env` then needs `restart`.
         """
@@ -612,6 +615,8 @@ class Stack:
                 proc.failures = 0
                 self._spawn(proc)
                 self._event(f"{proc.name} starting")
+        if not wait:
+            return
         if self._supervisor is None:  # not supervised (stopped stack): wait here
             self._await_ready(procs)
             return
@@ -633,10 +638,13 @@ class Stack:
                 raise StackError(f"not ready after {self.ready_timeout:.0f}s: {names}")
             time.sleep(POLL_S)
 
-    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
-        """Stop, then start again (with `env` added to its settings), and wait until ready."""
+    def restart(
+        self, name: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
+        """Stop, then start again (with `env` added to its settings), and wait until ready
+        (unless `wait=False`)."""
         self.stop_service(name)
-        self.start_service(name, env)
+        self.start_service(name, env, wait)
 
     def pause(self, name: str) -> None:
         """SIGSTOP the service's processes: alive and connected, answering nothing."""

@@ -8,7 +8,9 @@ and healthcheck are its heartbeat file, see `worker_command`).
 with placeholders (`{port}`, `{run_dir}`, `{python}`, `{name}`, `{svc.url}`, `{svc.urls}`,
 `{redis.url}`). Backing services (`[backing.redis] kind = "redis"`) are provided by the runner;
 `[backing.db] kind = "sql"` is a database URL (`{db.url}`): SQLite in the run directory, or
-`DATABASE_URL` when it is set.
+`DATABASE_URL` when it is set. A service with `image` runs a stage of the root Dockerfile of
+its own in compose and Kubernetes (a model baked into its server, O1), and `local = true`
+marks a local stand-in for what that image build does (not rendered there).
 A bad file raises `TopologyError` naming the file and the field.
 """
 
@@ -81,6 +83,26 @@ class ScaleSpec(BaseModel):
         return self
 
 
+class ImageSpec(BaseModel):
+    """`image = { target = "model-in-image", tag = "...", args = { MODEL_VERSION = "1.0.0" } }`:
+    in compose and Kubernetes the service runs its own image, the root Dockerfile's stage
+    `target` built with `args` and tagged `tag`, with that image's own command and no env but
+    its name (its `run` or `app` and `env` are how the local runner starts the same thing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(..., pattern=r"^[a-z][a-z0-9_.-]*$", description="Dockerfile stage")
+    tag: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._/-]*:[\w][\w.-]*$",
+                     description="the image reference, name:tag")
+    args: dict[str, str] = Field(default_factory=dict, description="--build-arg values")
+
+
+IMAGE_HELP = "its own image in compose and Kubernetes (a Dockerfile stage), see ImageSpec"
+LOCAL_HELP = (
+    "a local stand-in for what an `image` build does (e.g. training and bundling the model "
+    "baked into it): started by the runner only, not rendered in compose or Kubernetes, and "
+    "dropped from the `depends_on` of services rendered there"
+)
 SCALE_HELP = "marks the service scalable: bounds and CPU target of its autoscaler"
 SCHEDULE_HELP = (
     "cron schedule of a oneshot: in Kubernetes a CronJob; locally and in compose it runs once"
@@ -107,6 +129,8 @@ class ServiceSpec(BaseModel):
     scale: ScaleSpec | None = Field(None, description=SCALE_HELP)
     schedule: str | None = Field(None, pattern=r"^(@\w+|\S+( \S+){4})$",
                                  description=SCHEDULE_HELP)
+    image: ImageSpec | None = Field(None, description=IMAGE_HELP)
+    local: bool = Field(False, description=LOCAL_HELP)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ServiceSpec:
@@ -208,6 +232,23 @@ class Topology(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _local_stays_local(self) -> Topology:
+        if self.services[self.entry].local:
+            raise ValueError(f"entry {self.entry!r} is `local`: compose and Kubernetes need it")
+        for name, spec in self.services.items():
+            if spec.image is not None and spec.local:
+                raise ValueError(f"services.{name}: `image` is for compose and Kubernetes, "
+                                 "`local` keeps a service out of them; not both")
+            if spec.image is not None or spec.local:
+                continue
+            for dep in spec.depends_on:
+                if dep in self.services and self.services[dep].local:
+                    raise ValueError(f"services.{name}.depends_on: {dep!r} is `local` (not in "
+                                     "compose or Kubernetes); only a service with `image` or "
+                                     "another `local` one may depend on it")
+        return self
+
+    @model_validator(mode="after")
     def _scaling_fits_wiring(self) -> Topology:
         addressed = addressed_one_by_one(self)
         for name, spec in self.services.items():
@@ -222,6 +263,10 @@ class Topology(BaseModel):
                     raise ValueError(f"services.{name}.depends_on: {dep!r} runs on a schedule; "
                                      "nothing can wait for it to finish")
         return self
+
+    def rendered(self) -> dict[str, ServiceSpec]:
+        """The services compose and Kubernetes run: all but the `local` ones."""
+        return {name: spec for name, spec in self.services.items() if not spec.local}
 
     def order(self) -> list[list[str]]:
         """Names (backing and services) grouped in start-up levels; level n needs only < n."""

@@ -1,8 +1,9 @@
 """The model distribution service of S13: hands versioned, sha256-checked ONNX models to devices.
 
 The model folder holds one sub-folder per published version (`<MODEL_DIR>/1.0.0/model.onnx` +
-`manifest.json`, written by trainer one-shots) and is read again on every request, so a version
-is offered as soon as its folder is renamed into place. `GET /models/latest` and
+`manifest.json`, written by trainer one-shots) and is read again on every request (the model
+repository's `patternkit.model_repository.ModelStore`), so a version is offered as soon as its
+folder is renamed into place. `GET /models/latest` and
 `GET /models/{version}` describe a version, `GET /models/{version}/model.onnx` sends the bytes
 with `ETag: "<sha256>"` (304 on a matching `If-None-Match`), and devices report counts, never
 their inputs, to `POST /telemetry`. It also serves the web page that runs the same model in the
@@ -12,9 +13,7 @@ browser with onnxruntime-web.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,14 +27,19 @@ from fastapi.responses import FileResponse, Response
 from prometheus_client import Counter as PromCounter
 from pydantic import BaseModel, ConfigDict, Field
 
-from patternkit.models import MANIFEST_FILE, MODEL_FILE
+from patternkit.model_repository import (
+    IMMUTABLE,
+    VERSION_RE,
+    ModelStore,
+    etag_matches,
+)
+from patternkit.models import MODEL_FILE
 from patternkit.service import ApiError, ServiceState, create_service, json_response
 from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("edge_prediction.distribution")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-VERSION_RE = re.compile(r"^(\d{1,6})\.(\d{1,6})\.(\d{1,6})$")
 MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -44,7 +48,6 @@ MEDIA_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".json": "application/json",
 }
-IMMUTABLE = "public, max-age=31536000, immutable"  # a published version never changes
 CORS = {"access-control-allow-origin": "*", "access-control-expose-headers": "etag"}
 
 
@@ -54,113 +57,6 @@ class DistributionSettings(ServiceSettings):
     service_name: str = "distribution"
     model_dir: str = Field(..., description="one sub-folder per version: X.Y.Z/model.onnx")
     static_dir: str = Field(str(STATIC_DIR), description="the web page and vendored ORT web")
-
-
-def version_key(version: str) -> tuple[int, int, int]:
-    match = VERSION_RE.match(version)
-    if match is None:
-        raise ValueError(f"{version!r} is not a version like 1.0.0")
-    major, minor, patch = (int(part) for part in match.groups())
-    return major, minor, patch
-
-
-@dataclass(frozen=True)
-class Published:
-    """One published version: its folder, manifest and the size of its model file."""
-
-    version: str
-    folder: Path
-    manifest: dict[str, Any]
-    size: int
-
-    @property
-    def model_path(self) -> Path:
-        return self.folder / MODEL_FILE
-
-    @property
-    def sha256(self) -> str:
-        return str(self.manifest["sha256"])
-
-    @property
-    def url(self) -> str:
-        return f"/models/{self.version}/{MODEL_FILE}"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.manifest.get("name"),
-            "version": self.version,
-            "sha256": self.sha256,
-            "size": self.size,
-            "url": self.url,
-            "manifest_url": f"/models/{self.version}",
-            "created": self.manifest.get("created"),
-            "metrics": self.manifest.get("metrics", {}),
-        }
-
-
-class ModelStore:
-    """The published versions in the model folder, read from disk on every call."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def versions(self) -> list[str]:
-        """Published version names, newest first (folders named like a version only)."""
-        try:
-            names = [p.name for p in self.root.iterdir() if p.is_dir()]
-        except OSError:
-            return []
-        return sorted((n for n in names if VERSION_RE.match(n)), key=version_key, reverse=True)
-
-    def load(self, version: str) -> Published | None:
-        """The version, or None while it is incomplete or unreadable (logged)."""
-        folder = self.root / version
-        try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text())
-            size = (folder / MODEL_FILE).stat().st_size
-        except FileNotFoundError:
-            return None  # not (completely) published
-        except (OSError, ValueError) as exc:
-            log.warning("skipping version %s: unreadable artifact: %s", version, exc)
-            return None
-        if manifest.get("version") != version or not manifest.get("sha256"):
-            log.warning("skipping version %s: its manifest says version %r, sha256 %r",
-                        version, manifest.get("version"), manifest.get("sha256"))
-            return None
-        return Published(version, folder, manifest, size)
-
-    def published(self) -> list[Published]:
-        return [p for p in (self.load(v) for v in self.versions()) if p is not None]
-
-    def latest(self) -> Published:
-        for version in self.versions():
-            found = self.load(version)
-            if found is not None:
-                return found
-        raise ApiError(404, f"no model version is published in {self.root} yet", "no_model")
-
-    def get(self, version: str) -> Published:
-        if VERSION_RE.match(version) is None:
-            raise ApiError(
-                422, f"version {version!r} is not of the form X.Y.Z (e.g. 1.0.0)",
-                "validation_error", [{"loc": "path.version", "msg": "expected X.Y.Z"}],
-            )
-        found = self.load(version)
-        if found is None:
-            known = ", ".join(self.versions()) or "none"
-            raise ApiError(
-                404, f"model version {version} is not published (published: {known})",
-                "model_not_found",
-            )
-        return found
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an `If-None-Match` header names `etag` (weak tags and `*` included)."""
-    if not if_none_match:
-        return False
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return any(t == "*" or t.removeprefix("W/") == etag for t in tags)
 
 
 class TelemetryReport(BaseModel):
