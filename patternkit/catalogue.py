@@ -69,6 +69,7 @@ ROLES: dict[str, str] = {
     "pred": "the stage that runs the model on prepared inputs (prep-pred)",
     "distribution": "hands out models and their manifests to edge devices",
     "monolith": "every model in one process (the all-in-one antipattern)",
+    "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
 }
 
 

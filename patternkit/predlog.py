@@ -8,6 +8,9 @@ the `<prefix>_prediction_log` table of the `sql` backing every `interval_s`, in 
 database that fails or hangs only delays the writes: a batch leaves the buffer once it is
 written, so it is tried again until it lands; what the buffer cannot hold meanwhile is counted
 as dropped. At shutdown the rest is flushed within a deadline, and what is left is counted too.
+A pattern that queries its log by more than the request id (an A/B test groups by variant and
+phase) declares typed `columns` beside the standard ones and passes their values per record as
+`fields`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from datetime import UTC, datetime
 from types import TracebackType
@@ -32,6 +36,8 @@ from patternkit.db import ROW_ID, create_tables, make_engine, show_url
 log = logging.getLogger("patternkit.predlog")
 
 DROP_REASONS = ("buffer_full", "shutdown")
+STANDARD_COLUMNS = frozenset({"id", "request_id", "at", "service", "model", "version", "input",
+                              "output", "latency_ms", "extra"})
 MAX_RETRY_S = 5.0
 
 
@@ -47,11 +53,15 @@ class Prediction(NamedTuple):
     output: Any
     latency_ms: float | None
     extra: dict[str, Any] | None
+    fields: Mapping[str, Any] | None = None  # values of the table's extra columns
 
 
-def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
+def prediction_table(
+    prefix: str, metadata: sa.MetaData | None = None, columns: Iterable[sa.Column[Any]] = ()
+) -> sa.Table:
     """The table `<prefix>_prediction_log`; the prefix (a pattern's name) keeps patterns that
-    share one database apart."""
+    share one database apart. `columns` (new Column objects: a column belongs to one table)
+    are added after the standard ones."""
     if not prefix.isidentifier() or prefix != prefix.lower():
         raise ValueError(f"the table prefix must be a lower-case identifier, not {prefix!r}")
     return sa.Table(
@@ -67,6 +77,7 @@ def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Tab
         sa.Column("output", sa.JSON, nullable=True),
         sa.Column("latency_ms", sa.Float, nullable=True),
         sa.Column("extra", sa.JSON, nullable=True),
+        *columns,
     )
 
 
@@ -85,7 +96,10 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _row(p: Prediction) -> dict[str, Any]:
+def _row(p: Prediction, fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The row of one record; every extra column is given (None when the record left it out:
+    one multi-row INSERT needs the same keys in every row)."""
+    given = p.fields or {}
     return {
         "request_id": p.request_id,
         "at": datetime.fromtimestamp(p.at, UTC),
@@ -96,6 +110,7 @@ def _row(p: Prediction) -> dict[str, Any]:
         "output": jsonable(p.output),
         "latency_ms": jsonable(p.latency_ms),
         "extra": jsonable(p.extra),
+        **{name: jsonable(given.get(name)) for name in fields},
     }
 
 
@@ -122,13 +137,15 @@ class PredictionLog:
         interval_s: float = 0.5,
         shutdown_timeout_s: float = 5.0,
         registry: CollectorRegistry | None = None,
+        columns: Iterable[sa.Column[Any]] = (),
     ) -> None:
         if max_buffer < 1 or batch_size < 1 or interval_s <= 0:
             raise ValueError("max_buffer and batch_size must be >= 1, interval_s > 0")
         self._url = url
         self.engine: sa.Engine | None = url if isinstance(url, sa.Engine) else None
         self.metadata = sa.MetaData()
-        self.table = prediction_table(prefix, self.metadata)
+        self.table = prediction_table(prefix, self.metadata, columns)
+        self._fields = {c.name for c in self.table.columns} - STANDARD_COLUMNS
         self.service = service
         self.max_buffer = max_buffer
         self.batch_size = batch_size
@@ -168,10 +185,19 @@ class PredictionLog:
         request_id: str | None = None,
         extra: dict[str, Any] | None = None,
         service: str | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Buffer one prediction; False (and counted) if the buffer is full. Never blocks."""
+        """Buffer one prediction; False (and counted) if the buffer is full. Never blocks.
+
+        `fields` gives values for the extra `columns` the log was made with; a name that is
+        not one of them is a ValueError (a programming error, raised before anything is
+        buffered).
+        """
+        if fields and not self._fields.issuperset(fields):
+            unknown = sorted(set(fields) - self._fields)
+            raise ValueError(f"{self.table.name} has no column {', '.join(unknown)}")
         item = Prediction(request_id, time.time(), service or self.service, model, version,
-                          input, output, latency_ms, extra)
+                          input, output, latency_ms, extra, fields)
         with self._lock:
             if len(self._buffer) < self.max_buffer:
                 self._buffer.append(item)
@@ -201,7 +227,7 @@ class PredictionLog:
             create_tables(self.engine, self.metadata)
             self._table_ready = True
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(self.table), [_row(p) for p in batch])
+            conn.execute(sa.insert(self.table), [_row(p, self._fields) for p in batch])
 
     async def flush(self) -> bool:
         """Write everything buffered now; False if the database failed (the rest stays)."""
