@@ -19,7 +19,9 @@ def test_modes() -> None:
     assert 0.4 < share < 0.6
 
 
-@pytest.mark.parametrize("bad", ["sometimes", "first_n:x", "rate:2", "always:1", "every:0", "every:x"])
+@pytest.mark.parametrize(
+    "bad", ["sometimes", "first_n:x", "rate:2", "always:1", "every:0", "every:x"]
+)
 def test_bad_modes_name_the_accepted_forms(bad: str) -> None:
     with pytest.raises(ValueError, match="first_n:N"):
         Faults.parse(bad)

@@ -44,9 +44,9 @@ def summary(found: dict[str, Any]) -> dict[str, str]:
     a, b = found["variants"]["a"], found["variants"]["b"]
     effect, power, srm = found["effect"], found["power"], found["srm"]
     low, high = effect["ci"]
-    rails = found["guardrails"]
+    rails, experiment = found["guardrails"], found["experiment"]
     return {
-        "phase (weight of B)": f"{found['experiment']['phase']} ({found['experiment']['weight_b']:g}%)",
+        "phase (weight of B)": f"{experiment['phase']} ({experiment['weight_b']:g}%)",
         "users A / B": f"{a['units']} / {b['units']}",
         "share of B": pct(srm["observed_share"]["b"]),
         "SRM chi-square p": f"{srm['p_value']:.3g}" + (" FLAGGED" if srm["flagged"] else ""),
