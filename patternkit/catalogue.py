@@ -71,6 +71,7 @@ ROLES: dict[str, str] = {
     "repository": "stores versioned models and serves them to the servers that load them",
     "builder": "packs a trained model with its server into an immutable bundle (an image)",
     "monolith": "every model in one process (the all-in-one antipattern)",
+    "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
 }
 
 

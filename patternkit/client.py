@@ -86,6 +86,9 @@ class Client:
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
 
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", path, **kwargs)
+
     def timed(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
         """(response, milliseconds) for one request."""
         start = time.perf_counter()

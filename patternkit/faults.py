@@ -1,8 +1,10 @@
 """Fault injection: deterministic slowness and failures for tests and demos.
 
 `DELAY_MS` adds an `await asyncio.sleep` per call; `FAIL_MODE` takes `none`, `always`,
-`first_n:N` (the first N calls fail) or `rate:P` (each call fails with probability P). Patterns
-that are about failure (timeouts, breakers, retries) are proven with these knobs.
+`first_n:N` (the first N calls fail), `every:N` (every Nth call fails: an error rate of exactly
+1/N, for statistical tests that must not depend on chance) or `rate:P` (each call fails with
+probability P). Patterns that are about failure (timeouts, breakers, retries, guards) are
+proven with these knobs.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ class Faults:
                 return cls(delay_ms=delay_ms, mode=name)
             if name == "first_n" and int(arg) >= 0:
                 return cls(delay_ms=delay_ms, mode=name, threshold=int(arg))
+            if name == "every" and int(arg) >= 1:
+                return cls(delay_ms=delay_ms, mode=name, threshold=int(arg))
             if name == "rate" and 0.0 <= float(arg) <= 1.0:
                 return cls(delay_ms=delay_ms, mode=name, threshold=float(arg))
         except ValueError:
             pass
         raise ValueError(
-            f"FAIL_MODE={fail_mode!r} is not one of: none, always, first_n:N, rate:P (0<=P<=1)"
+            f"FAIL_MODE={fail_mode!r} is not one of: none, always, first_n:N, every:N (N>=1), "
+            "rate:P (0<=P<=1)"
         )
 
     def should_fail(self) -> bool:
@@ -50,6 +55,8 @@ class Faults:
             return True
         if self.mode == "first_n":
             return self.calls <= self.threshold
+        if self.mode == "every":
+            return self.calls % int(self.threshold) == 0
         if self.mode == "rate":
             return self._rng.random() < self.threshold
         return False

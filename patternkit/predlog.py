@@ -10,6 +10,9 @@ written, so it is tried again until it lands; what the buffer cannot hold meanwh
 as dropped. At shutdown the rest is flushed within a deadline, and what is left is counted too.
 `read_predictions` (or `await log.read(...)`, which flushes first) reads the rows back, newest
 `limit` first chosen, oldest first returned, e.g. to join several services' rows by request id.
+A pattern that queries its log by more than the request id (an A/B test groups by variant and
+phase) declares typed `columns` beside the standard ones and passes their values per record as
+`fields`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from types import TracebackType
@@ -35,6 +38,8 @@ from patternkit.db import ROW_ID, create_tables, make_engine, show_url
 log = logging.getLogger("patternkit.predlog")
 
 DROP_REASONS = ("buffer_full", "shutdown")
+STANDARD_COLUMNS = frozenset({"id", "request_id", "at", "service", "model", "version", "input",
+                              "output", "latency_ms", "extra"})
 MAX_RETRY_S = 5.0
 
 
@@ -50,11 +55,15 @@ class Prediction(NamedTuple):
     output: Any
     latency_ms: float | None
     extra: dict[str, Any] | None
+    fields: Mapping[str, Any] | None = None  # values of the table's extra columns
 
 
-def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
+def prediction_table(
+    prefix: str, metadata: sa.MetaData | None = None, columns: Iterable[sa.Column[Any]] = ()
+) -> sa.Table:
     """The table `<prefix>_prediction_log`; the prefix (a pattern's name) keeps patterns that
-    share one database apart."""
+    share one database apart. `columns` (new Column objects: a column belongs to one table)
+    are added after the standard ones."""
     if not prefix.isidentifier() or prefix != prefix.lower():
         raise ValueError(f"the table prefix must be a lower-case identifier, not {prefix!r}")
     return sa.Table(
@@ -70,6 +79,7 @@ def prediction_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Tab
         sa.Column("output", sa.JSON, nullable=True),
         sa.Column("latency_ms", sa.Float, nullable=True),
         sa.Column("extra", sa.JSON, nullable=True),
+        *columns,
     )
 
 
@@ -88,7 +98,10 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _row(p: Prediction) -> dict[str, Any]:
+def _row(p: Prediction, fields: Iterable[str] = ()) -> dict[str, Any]:
+    """The row of one record; every extra column is given (None when the record left it out:
+    one multi-row INSERT needs the same keys in every row)."""
+    given = p.fields or {}
     return {
         "request_id": p.request_id,
         "at": datetime.fromtimestamp(p.at, UTC),
@@ -99,6 +112,7 @@ def _row(p: Prediction) -> dict[str, Any]:
         "output": jsonable(p.output),
         "latency_ms": jsonable(p.latency_ms),
         "extra": jsonable(p.extra),
+        **{name: jsonable(given.get(name)) for name in fields},
     }
 
 
@@ -160,6 +174,7 @@ class PredictionLog:
         interval_s: float = 0.5,
         shutdown_timeout_s: float = 5.0,
         registry: CollectorRegistry | None = None,
+        columns: Iterable[sa.Column[Any]] = (),
     ) -> None:
         if max_buffer < 1 or batch_size < 1 or interval_s <= 0:
             raise ValueError("max_buffer and batch_size must be >= 1, interval_s > 0")
@@ -167,7 +182,8 @@ class PredictionLog:
         self.prefix = prefix
         self.engine: sa.Engine | None = url if isinstance(url, sa.Engine) else None
         self.metadata = sa.MetaData()
-        self.table = prediction_table(prefix, self.metadata)
+        self.table = prediction_table(prefix, self.metadata, columns)
+        self._fields = {c.name for c in self.table.columns} - STANDARD_COLUMNS
         self.service = service
         self.max_buffer = max_buffer
         self.batch_size = batch_size
@@ -207,10 +223,19 @@ class PredictionLog:
         request_id: str | None = None,
         extra: dict[str, Any] | None = None,
         service: str | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Buffer one prediction; False (and counted) if the buffer is full. Never blocks."""
+        """Buffer one prediction; False (and counted) if the buffer is full. Never blocks.
+
+        `fields` gives values for the extra `columns` the log was made with; a name that is
+        not one of them is a ValueError (a programming error, raised before anything is
+        buffered).
+        """
+        if fields and not self._fields.issuperset(fields):
+            unknown = sorted(set(fields) - self._fields)
+            raise ValueError(f"{self.table.name} has no column {', '.join(unknown)}")
         item = Prediction(request_id, time.time(), service or self.service, model, version,
-                          input, output, latency_ms, extra)
+                          input, output, latency_ms, extra, fields)
         with self._lock:
             if len(self._buffer) < self.max_buffer:
                 self._buffer.append(item)
@@ -258,7 +283,7 @@ class PredictionLog:
             create_tables(self.engine, self.metadata)
             self._table_ready = True
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(self.table), [_row(p) for p in batch])
+            conn.execute(sa.insert(self.table), [_row(p, self._fields) for p in batch])
 
     async def flush(self) -> bool:
         """Write everything buffered now; False if the database failed (the rest stays)."""

@@ -43,7 +43,7 @@ class PredictorSettings(BatchSettings):
     service_name: str = "predictor"
     model_path: str = Field("", description="model directory or .onnx file with a manifest")
     delay_ms: int = Field(0, ge=0, description="added latency per /predict call")
-    fail_mode: str = Field("none", description="none | always | first_n:N | rate:P")
+    fail_mode: str = Field("none", description="none | always | first_n:N | every:N | rate:P")
     load_delay_ms: int = Field(0, ge=0, description="extra time before /ready turns 200")
     # a model from a repository (O2): downloaded, verified and checked before it serves
     model_repo_url: str = Field("", description="model repository to download the model from")

@@ -263,3 +263,27 @@ def test_the_table_carries_the_prefix() -> None:
     assert prediction_table("shadow_ab").name == "shadow_ab_prediction_log"
     with pytest.raises(ValueError, match="prefix"):
         prediction_table("Shadow-AB")
+
+
+def test_extra_columns_take_their_fields(engine: sa.Engine, prefix: str) -> None:
+    """A pattern's own typed columns (an A/B test's variant and phase) are filled per record."""
+
+    def columns() -> list[sa.Column[Any]]:
+        return [sa.Column("variant", sa.String(16), index=True), sa.Column("phase", sa.Integer)]
+
+    assert [c.name for c in prediction_table(prefix, columns=columns()).columns][-2:] == [
+        "variant", "phase"]
+
+    async def scenario() -> None:
+        async with PredictionLog(engine, prefix, interval_s=0.05, columns=columns()) as plog:
+            assert plog.record([[1.0]], [0], request_id="r1", fields={"variant": "b", "phase": 3})
+            assert plog.record([[1.0]], [0], request_id="r2")
+            with pytest.raises(ValueError, match="no column colour"):
+                plog.record([[1.0]], [0], fields={"colour": "red"})
+
+    asyncio.run(scenario())
+    table = prediction_table(prefix, columns=columns())
+    with engine.connect() as conn:
+        got = conn.execute(sa.select(table.c.request_id, table.c.variant, table.c.phase)
+                           .order_by(table.c.id)).all()
+    assert [tuple(r) for r in got] == [("r1", "b", 3), ("r2", None, None)]
