@@ -207,6 +207,9 @@ def option_names(argv: list[str]) -> list[str]:
     return [arg for arg in argv if arg.startswith("--")]
 
 
+DOCKERFILE_DRAIN_S = 20  # --timeout-graceful-shutdown of the model-in-image stage's CMD
+
+
 @pytest.mark.parametrize("path", COMPOSE_FILES[1:], ids=lambda p: rel(p))
 def test_compose_servers_drain_like_the_runner_and_stop_after_the_drain(path: Path) -> None:
     """Every app runs with the options the local runner gives `patternkit.serve` (the
@@ -225,6 +228,10 @@ def test_compose_servers_drain_like_the_runner_and_stop_after_the_drain(path: Pa
             assert option_names(svc["command"]) == option_names(runner.proc(name).argv)
             drain = float(svc["command"][svc["command"].index("--timeout-graceful-shutdown") + 1])
             assert seconds(svc["stop_grace_period"]) > drain, name
+            checked += 1
+        elif spec.image is not None:  # its own image: the Dockerfile's CMD drains (O1)
+            assert "command" not in svc, name
+            assert seconds(svc["stop_grace_period"]) > DOCKERFILE_DRAIN_S, name
             checked += 1
         elif not spec.oneshot:
             assert seconds(svc["stop_grace_period"]) >= 60, name

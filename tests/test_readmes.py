@@ -99,12 +99,14 @@ def route_paths(routes: list[object]) -> set[str]:
 
 
 @functools.cache
-def entry_routes(folder: Path) -> tuple[re.Pattern[str], ...]:
+def entry_routes(folder: Path) -> tuple[re.Pattern[str], ...] | None:
     """The routes of a pattern's entry service, as regexes: its app is built (not started)
-    with the environment the runner would give it."""
+    with the environment the runner would give it. None for an entry that is a command
+    (O1's server runs from an unpacked bundle): its routes cannot be known without running it."""
     topology = load_topology(folder)
     spec = topology.services[topology.entry]
-    assert spec.app, f"{rel(folder)}: the entry is not an app"
+    if not spec.app:
+        return None
     with tempfile.TemporaryDirectory() as run_dir:
         env = Stack(topology, run_dir).proc(spec.instances(topology.entry)[0]).env
     module, factory = spec.app.split(":")
@@ -345,7 +347,8 @@ class Checker:
             if self.current is None:
                 continue  # no pattern in sight: a generic example
             path = found.group(3) or "/"
-            if not any(r.fullmatch(path) for r in entry_routes(self.current)):
+            routes = entry_routes(self.current)
+            if routes is not None and not any(r.fullmatch(path) for r in routes):
                 entry = load_topology(self.current).entry
                 self.problem(line, f"{path}: not a route of {rel(self.current)}'s entry "
                                    f"({entry})")
