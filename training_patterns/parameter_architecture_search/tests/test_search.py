@@ -125,3 +125,16 @@ def test_bad_requests_are_named_errors(api: Client) -> None:
     assert resp.status_code == 422 and "max_trials" in resp.text
     resp = api.get("/searches/nope")
     assert resp.status_code == 404 and resp.json()["error"] == "search_not_found"
+
+
+def test_the_demo_draws_optunas_history_and_importances(
+    stack: Stack, api: Client, tmp_path: Path
+) -> None:
+    from patternkit.testing import check_picture
+    from training_patterns.parameter_architecture_search.scenario import draw
+
+    boot_id = boot_search(stack, api)["search_id"]
+    saved = draw(stack.url("db"), boot_id, boot_id, tmp_path)
+    assert [p.name for p in saved] == ["search_history.png", "param_importances.png"]
+    for path in saved:
+        check_picture(path)
