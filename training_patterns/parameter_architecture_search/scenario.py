@@ -66,16 +66,18 @@ def draw(db_url: str, history_id: str, importance_id: str, out: Path) -> list[Pa
         study = optuna.load_study(study_name=store.study_name(history_id), storage=storage)
         ax = ovm.plot_optimization_history(study)
         ax.set_title("boot search (families): accuracy per trial, best so far")
-        ax.figure.set_size_inches(9, 5)
-        return ax.figure
+        fig: Any = ax.figure
+        fig.set_size_inches(9, 5)
+        return fig
 
     def importances() -> Any:
         study = optuna.load_study(study_name=store.study_name(importance_id), storage=storage)
         ax = ovm.plot_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
         ax.set_title("MLP architecture search: parameter importances (fANOVA)", loc="left")
-        ax.figure.set_size_inches(9, 5)
-        return ax.figure
+        fig: Any = ax.figure
+        fig.set_size_inches(9, 5)
+        return fig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is experimental
