@@ -1,0 +1,1 @@
+"""Training patterns: how models are trained, searched and registered (T1-T3)."""
