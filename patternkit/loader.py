@@ -54,6 +54,7 @@ log = logging.getLogger("patternkit.loader")
 
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 OUTCOMES = ("loaded", "refused", "failed")
+SWAPS_KEPT = 20  # the last swaps /metadata shows
 # what a served manifest adds to the stored one (patternkit.model_repository.Published)
 SERVED_KEYS = frozenset({"size", "url", "manifest_url"})
 
@@ -339,7 +340,6 @@ class ModelLoader:
         self._own_dir = not cfg.model_download_dir
         self.root = Path(cfg.model_download_dir or tempfile.mkdtemp(prefix="model-download-"))
         self.lock = asyncio.Lock()
-        self.loading: str | None = None
         self.status: dict[str, Any] = {
             "state": "starting", "repository": cfg.model_repo_url,
             "wanted": {"model": cfg.model_name, "version": cfg.model_version},
@@ -379,7 +379,7 @@ class ModelLoader:
                 self.on_load(self.state, model)
         except (ModelError, OSError, RuntimeError, ValueError) as exc:
             shutil.rmtree(got.folder, ignore_errors=True)
-            raise Unloadable(f"refused {found}: onnxruntime cannot run it: {exc}") from None
+            raise Unloadable(f"refused {found}: it cannot be loaded: {exc}") from None
         info = {"model": model.name, "version": model.version, "sha256": model.manifest["sha256"],
                 "bytes": got.size, "download_ms": round(got.seconds * 1000, 1),
                 "load_ms": round((time.perf_counter() - started) * 1000, 1)}
@@ -400,7 +400,9 @@ class ModelLoader:
                            serving={"model": model.name, "version": model.version},
                            last_load={**info, "at": now})
         if previous is not None:
-            self.status["swaps"].append({"from": previous, "to": model.version, "at": now})
+            swaps = self.status["swaps"]
+            swaps.append({"from": previous, "to": model.version, "at": now})
+            del swaps[:-SWAPS_KEPT]
         self.loads.labels("loaded").inc()
         self.downloaded.inc(info["bytes"])
         if old is not None and old.path.parent != model.path.parent:
@@ -498,7 +500,7 @@ def add_admin_routes(app: FastAPI) -> None:
     errors: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
         (404, "the repository has no such model or version"),
         (409, "incompatible with this server, or another load is in progress"),
-        (422, "a bad body, or a model onnxruntime cannot run"),
+        (422, "a bad body, or a model that cannot be loaded"),
         (502, "the downloaded bytes do not match the manifest's sha256"),
         (503, "the model repository is unreachable"),
     )}
