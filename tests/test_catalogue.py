@@ -274,7 +274,9 @@ def test_the_image_vendors_onnxruntime_web_as_make_vendor_does() -> None:
     assert f"COPY --from=onnxruntime-web /ort/vendor {target}\n" in dockerfile
     assert "**/static/vendor" in (ROOT / ".dockerignore").read_text().split()
     stages = re.findall(r"^FROM (.+)$", dockerfile, flags=re.M)
-    assert len(stages) == 2, "the npm stage, then the one image of every service"
+    assert stages[0] == "node:20-slim AS onnxruntime-web", "the npm stage comes first"
+    assert stages[1] == "python:3.11-slim AS project", "then the one image of every service"
+    assert stages[-1] == "project", "which is the default target (O1's stages sit between)"
 
 
 def test_readme_starts_with_the_two_commands() -> None:
