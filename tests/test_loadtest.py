@@ -119,6 +119,20 @@ def test_the_open_loop_counts_latency_from_the_due_time_and_drops() -> None:
     assert stats["late_p99_ms"] == pytest.approx(5.0)
 
 
+def test_the_warm_up_is_sent_but_not_measured() -> None:
+    # measurement starts at t0 = 1.0: the two requests sent (closed) or due (open) before it
+    # are left out, slow as they were
+    closed = {"mode": "closed", "t0": 1.0, "warmup_s": 1.0, "requests": [
+        [-1, 0.2, 0.9, 200, 1, 0], [-1, 0.5, 1.4, 200, 1, 0],
+        [-1, 1.0, 1.01, 200, 1, 0], [-1, 1.01, 1.02, 200, 1, 0]]}
+    stats = phase_stats(closed)
+    assert stats["requests"] == 2 and stats["max"] == pytest.approx(10.0)
+    opened = {**closed, "mode": "open", "offered": 2, "dropped": 0, "requests": [
+        [0.5, 0.5, 1.2, 200, 1, 0], [1.0, 1.0, 1.005, 200, 1, 0], [1.5, 1.5, 1.505, 200, 1, 0]]}
+    stats = phase_stats(opened, rate=2.0)
+    assert stats["sent"] == 2 and stats["p99"] == pytest.approx(5.0)
+
+
 def test_the_gate_passes_or_fails_on_each_threshold() -> None:
     plan = load_plan({"closed": {"seconds": 1}, "request": {"features": 4},
                       "thresholds": {"p95": "< 100", "error_rate": "< 0.05", "rps": "> 1"}})

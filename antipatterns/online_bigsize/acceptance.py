@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if any(t.metric.endswith("cpu_ms_per_request") for t in plan.gate()):
+        for name in sorted(set(models) - set(pids)):
+            print(f"note: no --pid {name}=PID: its CPU per request is not measured, and the "
+                  "CPU threshold fails", file=sys.stderr)
     try:
         result = evaluate(models, plan, out, pids=pids)
     except (LoadTestError, httpx.HTTPError, KeyError) as exc:

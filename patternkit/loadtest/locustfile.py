@@ -10,6 +10,7 @@ One Locust process runs a plan's phases one after the other (LOADTEST_PHASES):
   the server does, a free user takes the next slot, and a slot no user could send within
   LOADTEST_LATE_MS of its time is not sent but counted as dropped. Latency counts from the due
   time, so a server that stalls cannot hide its queue (coordinated omission).
+Each phase starts with LOADTEST_<PHASE>_WARMUP_S of requests that are sent but not measured.
 
 Every request is recorded unrounded ([due, sent, done, status, rows, target]; perf_counter
 seconds, due -1 in the closed loop) and written as JSON to LOADTEST_RECORD when the test
@@ -106,26 +107,29 @@ BODIES = Bodies()
 class Phase:
     """One phase's clock, requests and CPU. The first request starts its clock (Locust's `-t`
     is only a safety net: its timer reads gevent's cached loop time, which a slow start-up
-    leaves stale), and the user that gets its last answer ends the phase."""
+    leaves stale); the first `warmup_s` are sent but not measured (connections open, the load
+    generator settles): `t0` is when the measurement starts. The user that gets the phase's
+    last answer ends it."""
 
     name = ""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, warmup_s: float) -> None:
         self.seconds = seconds
+        self.warmup_s = warmup_s
         self.t0: float | None = None
         self.in_flight = 0
         self.requests: list[list[float]] = []
         self.offered = 0
         self.dropped = 0
         self.cpu: list[float | None] = []
+        self.measuring = False
         self.ended = Event()
 
-    def begin(self) -> float:
-        now = time.perf_counter()
-        if self.t0 is None:
-            self.t0 = now
+    def measure(self, now: float) -> None:
+        """Start the CPU count with the first request of the measured part."""
+        if not self.measuring and self.t0 is not None and now >= self.t0:
+            self.measuring = True
             self.cpu = [cpu_seconds(group) for group in PIDS]
-        return now
 
     def end(self, user: FastHttpUser) -> None:
         if self.ended.is_set():
@@ -142,30 +146,38 @@ class Phase:
                 gevent.spawn(runner.quit)
 
     def record(self, environment: Any) -> dict[str, Any]:
-        return {"mode": self.name, "t0": self.t0 or 0.0, "offered": self.offered,
-                "dropped": self.dropped, "requests": self.requests,
-                "cpu_s": self.cpu if PIDS != [[]] else [],
+        measured = self.ended.is_set() and self.measuring and PIDS != [[]]
+        return {"mode": self.name, "t0": self.t0 or 0.0, "warmup_s": self.warmup_s,
+                "offered": self.offered, "dropped": self.dropped, "requests": self.requests,
+                "cpu_s": self.cpu if measured else [],
                 "locust": locust_figures(environment, self.name)}
 
 
 class Window(Phase):
-    """The closed loop: `seconds` from the first request, in turns of `segment_s` over the
-    targets when there are several."""
+    """The closed loop: `seconds` after a warm-up, in turns of `segment_s` over the targets
+    when there are several (the warm-up alternates between them)."""
 
     name = "closed"
 
-    def __init__(self, seconds: float, segment_s: float) -> None:
-        super().__init__(seconds)
+    def __init__(self, seconds: float, warmup_s: float, segment_s: float) -> None:
+        super().__init__(seconds, warmup_s)
         self.segment_s = segment_s if len(TARGETS) > 1 else max(seconds, 1.0)
+        self.sent = 0
 
     def take(self) -> int | None:
         """The index of the target to call now, or None when the window is over."""
-        now = self.begin()
-        assert self.t0 is not None
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0 = now + self.warmup_s
+        self.measure(now)
         if now >= self.t0 + self.seconds:
             return None
         self.in_flight += 1
-        return int((now - self.t0) // self.segment_s) % max(len(TARGETS), 1)
+        self.sent += 1
+        turns = max(len(TARGETS), 1)
+        if now < self.t0:
+            return self.sent % turns
+        return int((now - self.t0) // self.segment_s) % turns
 
     def done(self) -> bool:
         """One answer in; True when it was the last of the window."""
@@ -175,17 +187,21 @@ class Window(Phase):
 
 
 class Schedule(Phase):
-    """The open loop's slots: `rate` a second for `seconds`, starting `lead_s` after the first
-    user asks (so that every user has spawned)."""
+    """The open loop's slots: `rate` a second for a warm-up and then `seconds`, starting
+    `lead_s` after the first user asks (so that every user has spawned). Only the slots
+    after the warm-up count as offered (and, when missed, as dropped)."""
 
     name = "open"
 
-    def __init__(self, rate: float, seconds: float, late_s: float, lead_s: float = 0.3) -> None:
-        super().__init__(seconds)
+    def __init__(self, rate: float, seconds: float, warmup_s: float, late_s: float,
+                 lead_s: float = 0.3) -> None:
+        super().__init__(seconds, warmup_s)
         self.rate = rate
+        self.warmup_slots = round(rate * warmup_s)
         self.offered = round(rate * seconds)
         self.late_s = late_s
         self.lead_s = lead_s
+        self.start = 0.0
         self.next_slot = 0
 
     def take(self) -> float | None:
@@ -193,26 +209,30 @@ class Schedule(Phase):
         is left. Slots already later than `late_s` are dropped (counted, never sent)."""
         now = time.perf_counter()
         if self.t0 is None:
-            self.begin()
-            self.t0 = now + self.lead_s
-        while self.next_slot < self.offered:
-            due = self.t0 + self.next_slot / self.rate
+            self.start = now + self.lead_s
+            self.t0 = self.start + self.warmup_slots / self.rate
+        while self.next_slot < self.warmup_slots + self.offered:
+            slot = self.next_slot
+            due = self.start + slot / self.rate
             self.next_slot += 1
             if now - due <= self.late_s:
                 self.in_flight += 1
+                self.measure(max(now, due))
                 return due
-            self.dropped += 1
+            if slot >= self.warmup_slots:
+                self.dropped += 1
         return None
 
     def done(self) -> bool:
         """One answer in; True when it was the last of the schedule."""
         self.in_flight -= 1
-        return self.next_slot >= self.offered and not self.in_flight
+        return self.next_slot >= self.warmup_slots + self.offered and not self.in_flight
 
 
-CLOSED = Window(env_float("LOADTEST_CLOSED_SECONDS", 5), env_float("LOADTEST_SEGMENT_S", 1))
+CLOSED = Window(env_float("LOADTEST_CLOSED_SECONDS", 5), env_float("LOADTEST_CLOSED_WARMUP_S", 0),
+                env_float("LOADTEST_SEGMENT_S", 1))
 OPEN = Schedule(env_float("LOADTEST_OPEN_RATE", 10), env_float("LOADTEST_OPEN_SECONDS", 5),
-                env_float("LOADTEST_LATE_MS", 50) / 1000)
+                env_float("LOADTEST_OPEN_WARMUP_S", 0), env_float("LOADTEST_LATE_MS", 50) / 1000)
 PLAN: list[Phase] = [{"closed": CLOSED, "open": OPEN}[p] for p in PHASES]
 
 
@@ -227,7 +247,9 @@ class PredictUser(FastHttpUser):
         body, rows = BODIES.next()
         url = (TARGETS[target] if TARGETS else "") + PATH  # absolute, or on --host
         sent = time.perf_counter()
-        resp = self.client.post(url, data=body, headers=HEADERS, name=self.phase.name)
+        warm = (due if due >= 0 else sent) < (self.phase.t0 or 0.0)
+        name = f"{self.phase.name} (warm-up)" if warm else self.phase.name  # Locust's stats
+        resp = self.client.post(url, data=body, headers=HEADERS, name=name)
         done = time.perf_counter()
         self.phase.requests.append([due, sent, done, resp.status_code or 0, rows, target])
 

@@ -46,7 +46,7 @@ OPEN_METRICS = {
     "sent": "requests sent on time",
     "dropped": "requests that could not be sent on time (no free user)",
     "dropped_rate": "dropped / offered",
-    "achieved_rps": "successful answers per second, against offered_rps",
+    "achieved_rps": "successful answers per second of the schedule, against offered_rps",
     "service_p50": "median latency from the actual send, ms",
     "service_p95": "95th percentile latency from the actual send, ms",
     "service_p99": "99th percentile latency from the actual send, ms",
@@ -84,6 +84,7 @@ class ClosedPlan(BaseModel):
 
     users: int = Field(4, ge=1, le=1000, description="concurrent users, back to back")
     seconds: int = Field(3, ge=0, le=3600, description="0 skips the phase")
+    warmup_s: float = Field(0.5, ge=0, le=600, description="sent first, not measured")
 
 
 class OpenPlan(BaseModel):
@@ -93,6 +94,7 @@ class OpenPlan(BaseModel):
     seconds: int = Field(0, ge=0, le=3600, description="0 skips the phase")
     users: int = Field(20, ge=1, le=1000, description="the most requests in flight")
     late_ms: float = Field(50.0, ge=0, description="a request not sent within this is dropped")
+    warmup_s: float = Field(0.5, ge=0, le=600, description="sent first, not measured")
 
 
 class BatchPlan(BaseModel):

@@ -113,7 +113,9 @@ def request_env(plan: LoadPlan, features: int) -> dict[str, str]:
             "LOADTEST_BATCH_MIN": str(req.batch[0]), "LOADTEST_BATCH_MAX": str(req.batch[1]),
             "LOADTEST_SEED": str(req.seed),
             "LOADTEST_CLOSED_SECONDS": str(plan.closed.seconds),
+            "LOADTEST_CLOSED_WARMUP_S": str(plan.closed.warmup_s),
             "LOADTEST_OPEN_SECONDS": str(plan.open.seconds),
+            "LOADTEST_OPEN_WARMUP_S": str(plan.open.warmup_s),
             "LOADTEST_OPEN_RATE": str(plan.open.rate),
             "LOADTEST_LATE_MS": str(plan.open.late_ms)}
 
@@ -131,7 +133,8 @@ def run_plan(
     pid_list = list(pids)
     users: dict[Phase, int] = {p: getattr(plan, p).users for p in plan.phases}
     phases = run_locust(target, users, request_env(plan, features), Path(workdir),
-                        seconds=sum(getattr(plan, p).seconds for p in plan.phases),
+                        seconds=sum(getattr(plan, p).seconds + getattr(plan, p).warmup_s
+                                    for p in plan.phases),
                         tag=label.replace(" ", "-") or "run", timeout_s=plan.request.timeout_s,
                         pids=[pid_list] if pid_list else ())
     report: dict[str, Any] = {"label": label, "target": target, "tool": tool_version(),
@@ -166,7 +169,8 @@ def compare(
            "LOADTEST_TARGETS": ",".join(urls), "LOADTEST_SEGMENT_S": str(segment_s)}
     groups = [list((pids or {}).get(label, ())) for label in labels]
     record = run_locust(urls[0], {"closed": plan.closed.users}, env, Path(workdir),
-                        seconds=seconds, tag="compare", timeout_s=plan.request.timeout_s,
+                        seconds=seconds + plan.closed.warmup_s, tag="compare",
+                        timeout_s=plan.request.timeout_s,
                         pids=groups if any(groups) else ())["closed"]
     cpu = record.get("cpu_s") or [None] * len(labels)
     return {label: {"users": plan.closed.users, "url": urls[i], "rounds": rounds,

@@ -71,23 +71,26 @@ def phase_stats(
     rows = np.asarray(record["requests"], dtype=float).reshape(-1, COLUMNS)
     if target is not None:
         rows = rows[rows[:, TARGET] == target]
+    is_open = record.get("mode") == "open"
     start = float(record.get("t0") or (rows[:, SENT].min() if rows.size else 0.0))
+    if record.get("warmup_s"):  # the warm-up's requests were sent, not measured
+        rows = rows[rows[:, DUE] >= start - 1e-9] if is_open else rows[rows[:, SENT] >= start]
     status = rows[:, STATUS]
     ok = (status >= 200) & (status < 400)
     service = (rows[:, DONE] - rows[:, SENT]) * 1000
-    is_open = record.get("mode") == "open"
     latency = (rows[:, DONE] - rows[:, DUE]) * 1000 if is_open else service
     requests, good = len(rows), int(np.count_nonzero(ok))
     span = float(rows[:, DONE].max() - start) if rows.size else 0.0
+    turns = window  # a turn-taking run: the time on this target
+    if is_open and rate and record.get("offered"):
+        window = float(record["offered"]) / rate  # rates over the schedule, not its drain
     if window is None:
         window = span
-    if is_open and rate and record.get("offered"):
-        window = max(window, float(record["offered"]) / rate)
     per_s = (lambda n: round(n / window, 2)) if window > 0 else (lambda n: 0.0)
     served_rows = float(rows[ok, ROWS].sum())
     ms_per_row = float(service[ok].sum() / served_rows) if served_rows else None
     out: dict[str, Any] = {
-        "seconds": round(window, 3),
+        "seconds": round(turns if turns is not None else span, 3),
         "requests": requests,
         "ok": good,
         "errors": requests - good,

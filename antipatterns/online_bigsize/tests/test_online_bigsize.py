@@ -83,9 +83,9 @@ def test_the_report_accepts_light_and_rejects_heavy(
     assert acceptance["models"]["heavy"]["accepted"] is False
     assert acceptance["ship"] == "light"
     stdout = acceptance["stdout"]
-    assert "REJECT: open.p95 < 100" in stdout
+    assert "REJECT: open.p95 < 150" in stdout
     assert "ship: light" in stdout
-    assert "+1.7 pts" in stdout  # heavy's accuracy, against light's
+    assert "+1.5 pts" in stdout  # heavy's accuracy, against light's
     for name in ("heavy", "light"):
         assert (acceptance["out"] / name / "report.json").is_file()
         assert (acceptance["out"] / name / "report.png").is_file()
@@ -93,15 +93,17 @@ def test_the_report_accepts_light_and_rejects_heavy(
 
 
 def test_heavy_costs_several_times_the_cpu(acceptance: dict[str, Any]) -> None:
-    """Server CPU per request, from /proc: the forest's 300 trees are real work (DELAY_MS is
+    """Server CPU per request, from /proc: the forest's 1,000 trees are real work (DELAY_MS is
     a sleep and costs none). Lenient: 2x, where a quiet machine shows several times that."""
     heavy, light = acceptance["models"]["heavy"], acceptance["models"]["light"]
     assert heavy["cpu_ms_per_request"] > 2 * light["cpu_ms_per_request"] > 0
+    # and the gate's cost threshold (CPU per request) rejects the forest, whatever the delay
+    assert any(f.startswith("open.cpu_ms_per_request") for f in heavy["failed"])
 
 
 def test_heavy_overruns_the_batch_window(acceptance: dict[str, Any]) -> None:
     window = window_s(load_plan(PLAN))
-    assert window == 900
+    assert window == 1800
     heavy, light = acceptance["models"]["heavy"], acceptance["models"]["light"]
     assert heavy["projected_s"] > window > light["projected_s"]
     assert any(f.startswith("open.projected_s") for f in heavy["failed"])

@@ -37,18 +37,19 @@ users = 4
 seconds = 2
 
 [open]
-rate = 10
+rate = 5
 seconds = 2
 users = 4
 late_ms = 50
 
 [thresholds]
-p95 = "< 1000"
 error_rate = "< 0.01"
-rps = "> 2"
+rps = "> 1"
 "open.p95" = "< 1000"
-"open.dropped_rate" = "< 0.2"
+"open.dropped_rate" = "< 0.1"
 """
+# capacity is gated on the closed loop, latency on the open loop (a closed loop's latency is
+# its own queue: on 2 shared cores it says more about the neighbours than about the server)
 SLOW_MS = 1500  # every call takes longer than the gate's p95: a certain FAIL
 REPORT_KEYS = {"rps", "p50", "p95", "p99", "errors", "error_rate", "requests", "slo_pass",
                "checks", "closed", "open", "locust", "target", "tool"}
@@ -112,7 +113,7 @@ def test_the_cli_passes_a_lenient_gate_and_reports_every_field(
     assert body["errors"] == 0 and body["requests"] > 0
     assert body["slo_pass"] is True
     assert {c["metric"] for c in body["checks"]} == {
-        "closed.p95", "closed.error_rate", "closed.rps", "open.p95", "open.dropped_rate"}
+        "closed.error_rate", "closed.rps", "open.p95", "open.dropped_rate"}
     # Locust's own (rounded) figures beside the exact ones
     assert set(body["locust"]) >= {"p50", "p95", "p99", "rps"}
     assert body["locust"]["requests"] == body["closed"]["requests"]
@@ -126,8 +127,8 @@ def test_the_cli_passes_a_lenient_gate_and_reports_every_field(
 
 def test_the_open_loop_reports_offered_vs_achieved_and_drops(cli_run: dict[str, Any]) -> None:
     open_loop = cli_run["report"]["open"]
-    assert open_loop["offered"] == 20  # 10/s for 2 s, fixed in advance
-    assert open_loop["offered_rps"] == 10
+    assert open_loop["offered"] == 10  # 5/s for 2 s, fixed in advance
+    assert open_loop["offered_rps"] == 5
     assert open_loop["sent"] + open_loop["dropped"] == open_loop["offered"]
     assert open_loop["errors"] == 0
     assert 0 < open_loop["achieved_rps"] <= open_loop["offered_rps"]
@@ -138,7 +139,7 @@ def test_the_open_loop_reports_offered_vs_achieved_and_drops(cli_run: dict[str, 
 def test_the_report_files_are_written(cli_run: dict[str, Any]) -> None:
     out: Path = cli_run["out"]
     markdown = (out / "report.md").read_text()
-    assert "| closed loop |" in markdown and "| open loop 10.0/s |" in markdown
+    assert "| closed loop |" in markdown and "| open loop 5.0/s |" in markdown
     assert "SLO gate: PASS" in markdown
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli_run["report"]["closed"]["series"], "the chart's time series"
@@ -208,12 +209,14 @@ def test_a_slowed_predictor_fails_the_same_gate(
     assert "SLO gate: FAIL" in done.stdout
     body = json.loads((tmp_path / "out/report.json").read_text())
     verdicts = {c["metric"]: c["pass"] for c in body["checks"]}
-    assert verdicts["closed.p95"] is False and verdicts["open.p95"] is False
+    assert verdicts["open.p95"] is False
     assert verdicts["closed.error_rate"] is True  # slow, not failing
-    assert body["p50"] >= SLOW_MS
-    # the open loop could not keep its schedule: what it could not send is counted
+    assert body["p50"] >= SLOW_MS and body["open"]["p50"] >= SLOW_MS
+    # the open loop could not keep its schedule: 4 users busy 1.5 s a call send at most 8 of
+    # its 10 slots in 2 s; the others are counted as not sent on time, and fail the gate too
     open_loop = body["open"]
-    assert open_loop["dropped"] > 0
+    assert open_loop["sent"] <= 8 and open_loop["dropped"] >= 2
+    assert verdicts["open.dropped_rate"] is False
     assert open_loop["achieved_rps"] < open_loop["offered_rps"]
     report(f"slowed by {SLOW_MS} ms: p95 {body['p95']} ms, exit {done.returncode}; open loop "
            f"{open_loop['achieved_rps']} of {open_loop['offered_rps']}/s, "
