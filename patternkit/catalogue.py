@@ -55,6 +55,7 @@ ROLES: dict[str, str] = {
     "predictor": "serves a model's predictions over HTTP",
     "server": "a model server built from a configuration (serving template)",
     "proxy": "the entry in front of backends: balances, chains, fans out, caches or guards",
+    "balancer": "spreads calls over the replicas of one service, call by call (round robin)",
     "router": "sends each request to the service of the model it names",
     "api": "takes work (jobs, rows) and answers with ids; serves the results",
     "webapp": "a user-facing application that calls a predictor on the request path",

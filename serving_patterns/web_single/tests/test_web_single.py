@@ -10,7 +10,7 @@ import pytest
 
 from patternkit.client import Client
 from patternkit.models import load_dataset
-from patternkit.testing import BAD_PREDICT_BODIES, post_body
+from patternkit.testing import BAD_PREDICT_BODIES, extra_instance, post_body
 from patternkit.topology import Stack
 
 
@@ -121,6 +121,44 @@ def test_the_open_inference_protocol_passes_through_the_lb(lb: Client) -> None:
                   headers={"content-type": "application/json"})
     assert big.status_code == 413
     assert list(big.json()) == ["error"] and "MAX_BODY_BYTES" in big.json()["error"]
+
+
+def test_the_lb_counts_each_replicas_calls_predict_and_v2_alike(stack: Stack, lb: Client) -> None:
+    urls = stack.urls("predictor")
+    before = lb.stats()["forwarded"]
+    assert set(before) == set(urls)
+    for _ in range(3):
+        assert lb.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+        assert lb.post(OIP_INFER, json=OIP_BODY).status_code == 200
+    after = lb.stats()["forwarded"]
+    gained = {url: after[url] - before[url] for url in urls}
+    assert sum(gained.values()) == 6
+    assert set(gained.values()) == {3}  # in turn: three calls each
+    metrics = lb.get("/metrics").text
+    assert all(f'lb_forwarded_total{{backend="{url}"}}' in metrics for url in urls)
+    assert lb.get("/metadata").json()["backend_timeout_ms"] == 5000
+
+
+def test_a_replica_slower_than_backend_timeout_ms_is_a_504_naming_it(stack: Stack) -> None:
+    with (
+        extra_instance(stack, "predictor", env={"DELAY_MS": "1500"}) as slow,
+        extra_instance(stack, "lb", env={"BACKEND_URLS": slow.url,
+                                         "BACKEND_TIMEOUT_MS": "300"}) as lb,
+    ):
+        with Client(slow.url) as direct:
+            direct.wait_ready()
+        with Client(lb.url) as client:
+            client.wait_ready()
+            resp = client.post("/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]})
+            oip = client.post(OIP_INFER, json=OIP_BODY)
+            forwarded = client.stats()["forwarded"]
+    assert resp.status_code == 504, resp.text
+    assert resp.json()["error"] == "backend_timeout"
+    assert resp.json()["message"] == (
+        f"backend {slow.url}/predict did not answer within 300 ms")
+    assert oip.status_code == 504
+    assert "did not answer within 300 ms" in oip.json()["error"]
+    assert forwarded == {slow.url: 0}  # a call with no reply is not counted as forwarded
 
 
 def test_losing_a_replica_costs_capacity_not_answers(fresh_stack) -> None:
