@@ -130,7 +130,7 @@ def train_version(registry_url: str, out: str | Path, plan: Plan) -> dict[str, A
         pipeline = estimator(plan.algorithm, plan.params).fit(X_train, y_train)
         accuracy = round(float(accuracy_score(y_test, pipeline.predict(X_test))), 4)
         served = registered
-        if plan.promote:
+        if plan.promote and not registered["released"]:  # an identical build may be released
             served = call(registry, "POST",
                           f"/models/{plan.name}/versions/{registered['version']}/promote")
         manifest = write_artifact(

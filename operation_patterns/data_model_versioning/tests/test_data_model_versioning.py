@@ -7,6 +7,7 @@ dataset versions are shared (a dataset is the same version for everyone who asks
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from patternkit.testing import extra_instance
 from patternkit.topology import Stack
 
 PETALS = ["petal_length_cm", "petal_width_cm"]
-NAMES = (f"t{i}_clf" for i in itertools.count())
+# unique per session: under DATABASE_URL (PostgreSQL) the registry's tables outlive a run
+NAMES = (f"t{secrets.token_hex(3)}_{i}" for i in itertools.count())
 
 
 @pytest.fixture
