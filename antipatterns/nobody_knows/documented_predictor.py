@@ -104,6 +104,8 @@ def create_app(settings: DocumentedSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         model = await asyncio.to_thread(OnnxModel, cfg.model_path)
         card = load_card(cfg, model)  # a ModelError stops the start: no card, no service
+        for feature in card["input"]["features"]:  # each feature's series, at zero from start
+            alerts.labels(feature["name"])
         state.model_version = model.version
         state.metadata.update(
             owner=card["owner"], purpose=card["purpose"], dataset=card["dataset"],
