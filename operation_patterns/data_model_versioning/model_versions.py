@@ -297,14 +297,20 @@ def add_run(engine: sa.Engine, name: str, version: str, req: RunRecord) -> dict[
     raise ApiError(409, "concurrent runs kept taking the next run number; try again", "conflict")
 
 
+def alias_target(conn: sa.Connection, name: str, alias: str) -> str | None:
+    """The version `alias` of model `name` points at, if the alias exists."""
+    found: str | None = conn.scalar(sa.select(ALIASES.c.version).where(
+        ALIASES.c.name == name, ALIASES.c.alias == alias))
+    return found
+
+
 def set_alias(engine: sa.Engine, name: str, alias: str, version: str) -> dict[str, Any]:
     """Point `alias` at `version` (create or move it): the alias and where it pointed before."""
     check_name(name)
     check_alias(alias)
     with engine.begin() as conn:
         require_version(conn, name, version, status=422)
-        before = conn.scalar(sa.select(ALIASES.c.version).where(ALIASES.c.name == name,
-                                                                ALIASES.c.alias == alias))
+        before = alias_target(conn, name, alias)
         upsert(conn, ALIASES, {"name": name, "alias": alias, "version": version,
                                "updated": now()})
     return {"name": name, "alias": alias, "version": version, "previous": before,
@@ -315,8 +321,7 @@ def delete_alias(engine: sa.Engine, name: str, alias: str) -> dict[str, Any]:
     check_name(name)
     check_alias(alias)
     with engine.begin() as conn:
-        before = conn.scalar(sa.select(ALIASES.c.version).where(ALIASES.c.name == name,
-                                                                ALIASES.c.alias == alias))
+        before = alias_target(conn, name, alias)
         if before is None:
             raise ApiError(404, f"{name} has no alias {alias!r}", "unknown_alias")
         conn.execute(sa.delete(ALIASES).where(ALIASES.c.name == name, ALIASES.c.alias == alias))
@@ -328,8 +333,7 @@ def resolve_alias(engine: sa.Engine, name: str, alias: str) -> dict[str, Any]:
     check_name(name)
     check_alias(alias)
     with engine.connect() as conn:
-        version = conn.scalar(sa.select(ALIASES.c.version).where(ALIASES.c.name == name,
-                                                                 ALIASES.c.alias == alias))
+        version = alias_target(conn, name, alias)
         if version is None:
             known = list(conn.scalars(sa.select(ALIASES.c.alias).where(ALIASES.c.name == name)))
             raise ApiError(404, f"{name} has no alias {alias!r} (aliases: "
