@@ -70,6 +70,7 @@ ROLES: dict[str, str] = {
     "pred": "the stage that runs the model on prepared inputs (prep-pred)",
     "distribution": "hands out models and their manifests to edge devices",
     "repository": "stores versioned models and serves them to the servers that load them",
+    "registry": "keeps versions of datasets and models and resolves aliases to them",
     "builder": "packs a trained model with its server into an immutable bundle (an image)",
     "monolith": "every model in one process (the all-in-one antipattern)",
     "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
