@@ -1,4 +1,4 @@
-"""The DWH of T1: the raw landing table `iris_raw`, as an upstream loader fills it.
+"""The DWH of T1: the raw landing table `batch_training_iris_raw`, as a loader fills it.
 
 Every measurement lands as text (a CSV load keeps what the source sent), so the table holds
 what real warehouses do: numbers, numbers stored as chars (`"5"`), words (`"five"`, `"n/a"`),
@@ -22,7 +22,7 @@ LABEL = "species"
 
 METADATA = sa.MetaData()
 IRIS_RAW = sa.Table(
-    "iris_raw",
+    "batch_training_iris_raw",
     METADATA,
     sa.Column("id", db.ROW_ID, primary_key=True, autoincrement=True),
     *(sa.Column(name, sa.Text, nullable=True) for name in FEATURES),

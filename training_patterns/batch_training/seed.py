@@ -1,4 +1,4 @@
-"""Fills T1's DWH once: `iris_raw` gets iris plus the dirty rows of `dwh.DIRTY_ROWS`.
+"""Fills T1's DWH once: `batch_training_iris_raw` gets iris plus the dirty rows of `dwh.DIRTY_ROWS`.
 
 A one-shot that stands in for the upstream loads; it writes nothing when the table already
 has rows (a restarted stack keeps its DWH).
@@ -21,10 +21,10 @@ def seed(url: str) -> int:
         dwh.create_tables(engine)
         with engine.begin() as conn:
             if dwh.count(conn):
-                log.info("iris_raw already holds %d rows: left as it is", dwh.count(conn))
+                log.info("the raw table already holds %d rows: left as it is", dwh.count(conn))
                 return 0
             added = dwh.insert_rows(conn, dwh.seed_rows())
-        log.info("iris_raw seeded: %d rows (%d of them dirty)", added, len(dwh.DIRTY_ROWS))
+        log.info("raw table seeded: %d rows (%d of them dirty)", added, len(dwh.DIRTY_ROWS))
         return added
     finally:
         engine.dispose()

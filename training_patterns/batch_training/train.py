@@ -3,7 +3,7 @@
 Each step is a function of what the step before handed it, so the worker can record which
 step failed and why, and TA1 can rebuild a registered model from its manifest alone:
 
-- `gather` reads `iris_raw` up to its highest id (the run's snapshot, kept in the manifest);
+- `gather` reads the raw table up to its highest id (the run's snapshot, in the manifest);
 - `validate` parses the text columns, refuses a row for the first reason that applies
   (`missing`, `not_a_number`, `negative`, `out_of_range`, `unknown_label`) and counts them;
 - `train` fits StandardScaler + LogisticRegression on a seeded, stratified split;

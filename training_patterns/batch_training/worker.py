@@ -41,7 +41,7 @@ class TrainWorkerSettings(WorkerSettings):
     LONGEST_JOB: ClassVar[tuple[str, ...]] = ("delay_ms",)
     JOB: ClassVar[str] = "training run"
 
-    database_url: str = Field(..., description="the DWH (iris_raw) and the runs table")
+    database_url: str = Field(..., description="the DWH (raw table) and the runs table")
     repo_dir: str = Field(..., description="the model repository folder (publish target)")
     work_dir: str = Field(..., description="staging folders of runs being built")
     min_accuracy: float = Field(0.9, ge=0, le=1, description="a candidate below is rejected")
@@ -118,6 +118,7 @@ class TrainWorker:
         max_regression = float(request.get("max_regression", self.cfg.max_regression))
         repo = Path(self.cfg.repo_dir)
         out = Path(self.cfg.work_dir) / run_id
+        metrics: dict[str, Any] | None = None
         try:
             rows = do("gather", lambda: train.gather(self.db))
             clean = do("validate", lambda: train.validate(rows))
@@ -126,6 +127,7 @@ class TrainWorker:
                              dropped=clean.dropped, dropped_examples=clean.examples,
                              data_hash=clean.hash)
             trained = do("train", lambda: train.train(clean, seed, params))
+            metrics = trained.metrics
             do("evaluate", lambda: train.evaluate(trained, repo, min_accuracy, max_regression))
             version = train.next_version(repo)
             do("build", lambda: train.build(trained, clean, out, version, seed=seed,
@@ -135,14 +137,14 @@ class TrainWorker:
             log.warning("run %s rejected: %s", run_id, exc)
             with self.db.begin() as conn:
                 store.finish(conn, run_id, store.REJECTED, reject_reason=str(exc),
-                             metrics=trained.metrics, timings=timings)
+                             metrics=metrics, timings=timings)
             return
         except Exception as exc:  # any step: record where and why; a re-kick runs it again
             failed = exc.step if isinstance(exc, train.StepFailed) else step
             log.exception("run %s failed at %s", run_id, failed)
             with self.db.begin() as conn:
                 store.finish(conn, run_id, store.FAILED, failed_step=failed,
-                             error=describe(exc), timings=timings)
+                             error=describe(exc), metrics=metrics, timings=timings)
             return
         finally:
             shutil.rmtree(out, ignore_errors=True)
