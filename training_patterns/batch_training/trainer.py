@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
+from typing import Any
 
 import httpx
 
 from patternkit import logs
+from patternkit.client import WaitTimeout, wait_until
 
 log = logging.getLogger("batch_training.trainer")
 
@@ -28,12 +29,16 @@ def main() -> int:
             log.info("a model is registered already: no boot run")
             return 0
         run = client.post("/jobs", json={}).raise_for_status().json()
-        deadline = time.monotonic() + timeout
-        while (view := client.get(run["job_url"]).json())["status"] in ("pending", "running"):
-            if time.monotonic() > deadline:
-                log.error("boot run %s did not finish in %.0f s", run["job_id"], timeout)
-                return 1
-            time.sleep(0.2)
+
+        def done() -> dict[str, Any] | None:
+            view: dict[str, Any] = client.get(run["job_url"]).json()
+            return None if view["status"] in ("pending", "running") else view
+
+        try:
+            view = wait_until(done, timeout, interval=0.2, what=f"boot run {run['job_id']}")
+        except WaitTimeout as exc:
+            log.error("%s", exc)
+            return 1
     if view["status"] != "succeeded":
         log.error("boot run %s %s: %s", view["job_id"], view["status"],
                   view["reject_reason"] or f"{view['failed_step']}: {view['error']}")
