@@ -6,7 +6,9 @@ where it is), then `succeeded` (registered as `version`), `rejected` (trained bu
 enough: `reject_reason`, nothing registered) or `failed` (`failed_step` and `error`). Every
 run keeps the rows it read and dropped by reason, its metrics and each step's duration. A
 worker takes a run with one conditional UPDATE (`pending` only), so a message delivered twice
-runs it once; a re-kick moves a `failed` run back to `pending` and keeps its attempt count.
+runs it once, unless the run has been `running` longer than a run takes (its worker died:
+the redelivered message takes it over); a re-kick moves a `failed` run back to `pending` and
+keeps its attempt count.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def delete_run(conn: sa.Connection, run_id: str) -> None:
     conn.execute(RUNS.delete().where(RUNS.c.id == run_id))
 
 
-def begin(conn: sa.Connection, run_id: str, worker: str) -> dict[str, Any] | None:
-    """Take a pending run (None: unknown, or taken already: a duplicate delivery)."""
-    taken = conn.execute(RUNS.update().where(RUNS.c.id == run_id, RUNS.c.status == PENDING)
+def begin(conn: sa.Connection, run_id: str, worker: str, stale_before: float
+          ) -> dict[str, Any] | None:
+    """Take a pending run, or one `running` since before `stale_before` (its worker died:
+    this is the redelivery); None when it is unknown, finished or running elsewhere (a
+    duplicate delivery)."""
+    abandoned = sa.and_(RUNS.c.status == RUNNING, RUNS.c.started_ts < stale_before)
+    taken = conn.execute(RUNS.update().where(RUNS.c.id == run_id,
+                                             sa.or_(RUNS.c.status == PENDING, abandoned))
                          .values(status=RUNNING, attempts=RUNS.c.attempts + 1, worker=worker,
                                  started_ts=time.time(), finished_ts=None, step=None,
                                  failed_step=None, error=None, reject_reason=None))

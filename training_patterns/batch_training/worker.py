@@ -5,7 +5,9 @@ scheduler: it records a `schedule` run first) take a pending run from the runs t
 through `train.STEPS`, writing the current step, the rows dropped by reason, the metrics and
 each step's duration as they go. A rejected candidate ends `rejected` and its staging folder
 is deleted before `register`, so it never reaches the repository; any error ends the run
-`failed` with the step and the error, to be re-kicked (`POST /jobs/{id}/rerun`). FAIL_STEP
+`failed` with the step and the error, to be re-kicked (`POST /jobs/{id}/rerun`). A run
+whose worker died is taken over by its redelivered message (late acks) once it has been
+`running` for STALE_AFTER_S. DELAY_MS and FAIL_MODE slow down or break the train step; FAIL_STEP
 (or a run's `fail_step`) is the fault drill: that step raises on the run's first
 FAIL_ATTEMPTS attempts, as a full disk or a lost DWH connection would. Listens on no port.
 """
@@ -18,11 +20,11 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import sqlalchemy as sa
 from celery import Celery
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from patternkit import db
 from patternkit.jobs import WorkerSettings, describe, lazy_app, make_worker
@@ -53,6 +55,18 @@ class TrainWorkerSettings(WorkerSettings):
     fail_attempts: int = Field(1, ge=1, description="... on each run's first N attempts")
     visibility_timeout_s: float = Field(
         120.0, gt=0, description="an unacked run is redelivered after this; > the longest run")
+    stale_after_s: float = Field(
+        60.0, gt=0, description="a run `running` this long lost its worker: a redelivery takes "
+                                "it over; > the longest run, < VISIBILITY_TIMEOUT_S")
+
+    @model_validator(mode="after")
+    def _stale_before_redelivery(self) -> Self:
+        if not self.delay_ms / 1000 < self.stale_after_s < self.visibility_timeout_s:
+            raise ValueError(
+                f"STALE_AFTER_S={self.stale_after_s} must exceed the longest run (DELAY_MS = "
+                f"{self.delay_ms} ms) and be under VISIBILITY_TIMEOUT_S="
+                f"{self.visibility_timeout_s}, or a redelivered run is never taken over")
+        return self
 
 
 class TrainWorker:
@@ -60,6 +74,7 @@ class TrainWorker:
         self.cfg = cfg
         self.engine: sa.Engine | None = None
         self.pid: int | None = None
+        self.faults = cfg.faults()
 
     def open(self) -> None:
         if self.pid == os.getpid():
@@ -93,10 +108,15 @@ class TrainWorker:
 
     def run(self, run_id: str) -> None:
         with self.db.begin() as conn:
-            run = store.begin(conn, run_id, self.cfg.served_by)
+            run = store.begin(conn, run_id, self.cfg.served_by,
+                              stale_before=time.time() - self.cfg.stale_after_s)
         if run is None:
-            log.warning("run %s is not pending: a duplicate delivery, ignored", run_id)
+            log.warning("run %s is not pending (nor abandoned): a duplicate delivery, ignored",
+                        run_id)
             return
+        if run["attempts"] > 1 and run["kicks"] < run["attempts"] - 1:
+            log.warning("run %s: taking over attempt %d, its worker died mid-run", run_id,
+                        run["attempts"])
         timings: dict[str, float] = {}
         step = "gather"
 
@@ -126,7 +146,7 @@ class TrainWorker:
                 store.update(conn, run_id, raw_rows=clean.raw, clean_rows=len(clean.y),
                              dropped=clean.dropped, dropped_examples=clean.examples,
                              data_hash=clean.hash)
-            trained = do("train", lambda: train.train(clean, seed, params))
+            trained = do("train", lambda: self.slow(train.train(clean, seed, params)))
             metrics = trained.metrics
             do("evaluate", lambda: train.evaluate(trained, repo, min_accuracy, max_regression))
             version = train.next_version(repo)
@@ -155,6 +175,12 @@ class TrainWorker:
         with self.db.begin() as conn:
             store.finish(conn, run_id, store.SUCCEEDED, version=version,
                          metrics=trained.metrics, timings=timings)
+
+    def slow(self, value: T) -> T:
+        """DELAY_MS and FAIL_MODE (the base fault knobs) on the train step: a slow or flaky
+        trainer."""
+        self.faults.apply_sync()
+        return value
 
     def fault(self, run: dict[str, Any], step: str) -> None:
         """The fault drill: FAIL_STEP (or the run's `fail_step`) on its first attempts."""

@@ -3,7 +3,7 @@ DWH and runs table, the model repository and the template predictor loading from
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +169,22 @@ def test_the_schedule_fires_runs(stack: Stack, api: Client) -> None:
         stack.restart("scheduler", env={"SCHEDULE_INTERVAL_S": "86400"})
     assert run["status"] == "succeeded", run
     assert run["version"] in versions(api)
+
+
+def test_a_run_whose_worker_dies_mid_train_is_taken_over_by_its_redelivery(
+    fresh_stack: Callable[..., Stack],
+) -> None:
+    stack = fresh_stack(env={"worker": {"DELAY_MS": "1500", "VISIBILITY_TIMEOUT_S": "4",
+                                        "STALE_AFTER_S": "2.5"}})
+    with Client(stack.url()) as api:
+        job_id = start(api)
+        wait_until(lambda: api.get(f"/jobs/{job_id}").json()["step"] == "train", 15,
+                   what="the run training")
+        stack.kill("worker")  # SIGKILL mid-step: the message is never acked
+        run = api.get(f"/jobs/{job_id}").json()
+        assert (run["status"], run["step"], run["attempts"]) == ("running", "train", 1)
+        assert api.post(f"/jobs/{job_id}/rerun").status_code == 409  # it has not failed
+        stack.start_service("worker")
+        done = finished(api, job_id, timeout=40)
+    assert (done["status"], done["attempts"], done["kicks"]) == ("succeeded", 2, 0)
+    assert done["version"] == "1.0.1"  # after the boot run's 1.0.0: published once
