@@ -9,7 +9,10 @@ versions. `python -m antipatterns.only_me.notebook_style` prints the accuracy.
 
 NOTEBOOK_ENTROPY stands in for the fresh randomness each run of a notebook draws (an
 integer: the split that run happened to get), so the demo and the tests are deterministic;
-unset, the script is as unseeded as the original. NOTEBOOK_OUT is the laptop's folder.
+unset, the script is as unseeded as the original. NOTEBOOK_SKLEARN_DEFAULTS=0.21 stands in
+for an unpinned machine with an old scikit-learn: LogisticRegression's defaults before 0.22
+(liblinear, one-vs-rest), which an unpinned install gets without a word in the code.
+NOTEBOOK_OUT is the laptop's folder.
 """
 
 from __future__ import annotations
@@ -50,11 +53,18 @@ def cell_split() -> None:
 
 
 def cell_train() -> None:
-    """cell 4: train (C was 10 in an earlier run of cell 1; now it is whatever cell 1 says)."""
+    """cell 4: train (C was 10 in an earlier run of cell 1; now it is whatever cell 1 says),
+    with the library's defaults, whichever scikit-learn the machine has."""
     global model
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=C, max_iter=200).fit(X_train, y_train)
+    if os.environ.get("NOTEBOOK_SKLEARN_DEFAULTS") == "0.21":  # another machine's sklearn
+        from sklearn.multiclass import OneVsRestClassifier
+
+        model = OneVsRestClassifier(LogisticRegression(C=C, solver="liblinear"))
+    else:
+        model = LogisticRegression(C=C, max_iter=200)
+    model.fit(X_train, y_train)
 
 
 def cell_evaluate() -> None:
