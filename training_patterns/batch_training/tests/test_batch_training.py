@@ -188,3 +188,20 @@ def test_a_run_whose_worker_dies_mid_train_is_taken_over_by_its_redelivery(
         done = finished(api, job_id, timeout=40)
     assert (done["status"], done["attempts"], done["kicks"]) == ("succeeded", 2, 0)
     assert done["version"] == "1.0.1"  # after the boot run's 1.0.0: published once
+
+
+def test_the_demo_draws_every_run(tmp_path: Path) -> None:
+    from patternkit.testing import check_picture
+    from training_patterns.batch_training.scenario import draw
+
+    def run(status: str, accuracy: float, **extra: Any) -> dict[str, Any]:
+        return {"status": status, "metrics": {"accuracy": accuracy, "current_accuracy": 0.97},
+                "version": extra.get("version"), "failed_step": extra.get("failed_step"),
+                "reject_reason": extra.get("reject_reason")}
+
+    runs = [("boot", run("succeeded", 0.97, version="1.0.0")),
+            ("weak", run("rejected", 0.82, reject_reason="more than MAX_REGRESSION")),
+            ("fails", run("failed", 0.97, failed_step="build"))]
+    path = draw(runs, 0.9, tmp_path / "runs.png")
+    assert path is not None
+    check_picture(path)
