@@ -5,17 +5,22 @@ A pattern gets its database URL from a `[backing.NAME] kind = "sql"` entry of it
 several processes can read and write it at once), or `DATABASE_URL`, e.g. PostgreSQL
 (`postgresql://...` is driven by psycopg 3). `upsert` and `create_tables` work the same on
 both, and `create_tables` is safe when several processes create the same tables at once.
+`in_tx` runs a unit of work in one transaction off an API's event loop; `plain` turns a row
+into a dict a JSON reply can carry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+
+T = TypeVar("T")
 
 # the PostgreSQL advisory lock that serialises create_tables across processes
 CREATE_LOCK_KEY = zlib.crc32(b"patternkit.db.create_tables")
@@ -117,3 +122,17 @@ def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would not begin before DDL
         metadata.create_all(conn, checkfirst=True)
         conn.commit()
+
+
+async def in_tx(engine: Engine, work: Callable[[sa.Connection], T]) -> T:
+    """Run `work` in one transaction, in a thread (an API's event loop does not wait on I/O)."""
+    def run() -> T:
+        with engine.begin() as conn:
+            return work(conn)
+    return await asyncio.to_thread(run)
+
+
+def plain(row: Any) -> dict[str, Any]:
+    """A result row as a dict with plain `str` keys (SQLAlchemy's are `quoted_name`, which
+    orjson refuses)."""
+    return {str(k): v for k, v in row.items()}

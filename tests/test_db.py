@@ -3,6 +3,7 @@ that behave the same on both, with several processes at once."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import text
 
 from patternkit.client import wait_until
-from patternkit.db import create_tables, make_engine, normalise_url, upsert
+from patternkit.db import create_tables, in_tx, make_engine, normalise_url, plain, upsert
 
 
 def test_sqlite_is_shared_safely(tmp_path: Path) -> None:
@@ -149,3 +150,25 @@ def test_processes_creating_the_same_tables_at_once_all_succeed(
     indexes = sa.inspect(engine).get_indexes(items.name)
     assert [ix["column_names"] for ix in indexes] == [["name"]]
     upsert(engine, items, {"id": 1, "name": "works"})  # and usable
+
+
+def test_in_tx_commits_a_unit_of_work_or_none_of_it(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'tx.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)"))
+
+    def add(conn: sa.Connection) -> int:
+        conn.execute(text("INSERT INTO t VALUES (1, 'a')"))
+        return int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+    def add_then_fail(conn: sa.Connection) -> None:
+        conn.execute(text("INSERT INTO t VALUES (2, 'b')"))
+        raise RuntimeError("boom")
+
+    assert asyncio.run(in_tx(engine, add)) == 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(in_tx(engine, add_then_fail))
+    with engine.connect() as conn:
+        rows = [plain(r) for r in conn.execute(text("SELECT * FROM t")).mappings()]
+    assert rows == [{"id": 1, "name": "a"}]
+    assert all(type(k) is str for k in rows[0])

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypedDict, TypeVar
+from typing import Annotated, Any, Literal, TypedDict
 
 import sqlalchemy as sa
 from celery import Celery
@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
-from patternkit.db import make_engine
+from patternkit.db import in_tx, make_engine
 from patternkit.jobs import QUEUE_ERRORS, connect_producer, make_celery
 from patternkit.schemas import RowIdPath
 from patternkit.service import (
@@ -40,8 +40,6 @@ from patternkit.service import (
 from patternkit.settings import ServiceSettings
 from serving_patterns.batch import dwh
 from serving_patterns.batch.worker import PLAN_TASK, QUEUE
-
-T = TypeVar("T")
 
 # A feature is a number or null; NaN is accepted too: the DWH holds what upstream sends.
 Feature = Annotated[float, Field(strict=True)] | None
@@ -94,14 +92,6 @@ Producer = Annotated[Celery, Depends(from_state("celery"))]
 Counted = Annotated[Counts, Depends(from_state("counts"))]
 
 router = APIRouter()
-
-
-async def in_tx(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
-    """Run `work` in one DWH transaction, off the event loop."""
-    def run() -> T:
-        with engine.begin() as conn:
-            return work(conn)
-    return await asyncio.to_thread(run)
 
 
 async def queue_plan(celery: Celery, engine: sa.Engine, job_id: str) -> None:
