@@ -293,7 +293,7 @@ async def retry_run(run_id: RunId, engine: Engine, counts: Counted,
         for name, row in store.step_rows(conn, run_id).items():
             if row["state"] != store.DONE:
                 store.set_step(conn, run_id, name, (row["state"],), state=store.PENDING,
-                               error=None, queued_ts=None, started_ts=None, finished_ts=None)
+                               **store.CLEARED)
         store.reopen_run(conn, run_id, retry=True)
         return str(run["failed_step"])
 
@@ -326,8 +326,7 @@ async def rerun_step(run_id: RunId, step: StepName, engine: Engine, counts: Coun
                            "upstream_not_done")
         for name in (step, *(PIPELINE.downstream(step) if downstream else ())):
             store.set_step(conn, run_id, name, (rows[name]["state"],), state=store.PENDING,
-                           force=True, error=None, queued_ts=None, started_ts=None,
-                           finished_ts=None)
+                           force=True, **store.CLEARED)
         store.reopen_run(conn, run_id, retry=False)
 
     await in_tx(engine, reopen)

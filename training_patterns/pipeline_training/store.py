@@ -23,6 +23,10 @@ RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 PENDING, QUEUED, STEP_RUNNING, DONE, STEP_FAILED = (
     "pending", "queued", "running", "done", "failed")
 HIT, RUN = "hit", "run"
+# what a step sent again forgets of its last handling (its executions count stays)
+CLEARED: dict[str, None] = dict.fromkeys(
+    ("cache", "reason", "worker", "queue", "pid", "error", "queued_ts", "started_ts",
+     "finished_ts"))
 
 METADATA = sa.MetaData()
 RUNS = sa.Table(

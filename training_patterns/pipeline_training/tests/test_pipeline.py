@@ -9,6 +9,8 @@ the prep worker runs last and starts it again.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,6 +240,32 @@ def test_bad_requests_are_named_4xx(api: Client) -> None:
     missing = api.get("/runs/nope")
     assert missing.status_code == 404 and missing.json()["error"] == "run_not_found"
     assert api.post("/runs/nope/retry").status_code == 404
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training_patterns.pipeline_training.cli", "--api", stack.url(),
+         *args], capture_output=True, text=True, timeout=90)
+
+
+def test_the_cli_shows_the_same_progress(stack: Stack, api: Client) -> None:
+    failed = cli(stack, "run", "--set", f"gather.source={table(stack)}", "--fail", "train")
+    assert failed.returncode == 1, failed.stderr
+    head = [line for line in failed.stdout.splitlines() if line.startswith("run ")][0]
+    run_id = head.split()[1]
+    assert "failed at train: InjectedFault" in head
+    assert "train    failed on train by train@" in failed.stdout
+
+    resumed = cli(stack, "retry", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = {line.split()[0]: line.split() for line in resumed.stdout.splitlines()[-5:]}
+    view = api.get(f"/runs/{run_id}").json()
+    for step in view["steps"]:  # state, cache, worker, queue, ..., executions
+        shown = rows[step["step"]]
+        assert shown[1:5] == [step["state"], step["cache"], step["worker"], step["queue"]]
+        assert int(shown[-1]) == step["executions"]
+    assert [int(rows[s][-1]) for s in STEPS] == [1, 1, 2, 1, 1]
+    assert cli(stack, "show", "nope").returncode == 2
 
 
 def test_with_the_prep_worker_stopped_the_run_waits_at_prep(stack: Stack, api: Client) -> None:
