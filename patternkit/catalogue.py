@@ -57,6 +57,7 @@ ROLES: dict[str, str] = {
     "proxy": "the entry in front of backends: balances, chains, fans out, caches or guards",
     "router": "sends each request to the service of the model it names",
     "api": "takes work (jobs, rows) and answers with ids; serves the results",
+    "orchestrator": "sends a pipeline's steps to their queues in order; retries, resumes runs",
     "webapp": "a user-facing application that calls a predictor on the request path",
     "worker": "a Celery worker running queued jobs",
     "scheduler": "starts jobs on a schedule",

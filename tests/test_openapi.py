@@ -22,6 +22,7 @@ from patternkit.topology import Stack, discover, repo_root
 
 # actions that take no body: the id in the path says it all, or the file they re-read
 NO_BODY = {("post", "/jobs"), ("post", "/jobs/{job_id}/rerun"), ("post", "/config/reload"),
+           ("post", "/runs/{run_id}/retry"), ("post", "/runs/{run_id}/steps/{step}"),
            ("post", "/rules/reload")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 OIP_ERROR_REF = {"$ref": "#/components/schemas/InferenceErrorBody"}

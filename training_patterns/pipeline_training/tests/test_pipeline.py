@@ -251,7 +251,7 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cli_shows_the_same_progress(stack: Stack, api: Client) -> None:
     failed = cli(stack, "run", "--set", f"gather.source={table(stack)}", "--fail", "train")
     assert failed.returncode == 1, failed.stderr
-    head = [line for line in failed.stdout.splitlines() if line.startswith("run ")][0]
+    head = next(line for line in failed.stdout.splitlines() if line.startswith("run "))
     run_id = head.split()[1]
     assert "failed at train: InjectedFault" in head
     assert "train    failed on train by train@" in failed.stdout
