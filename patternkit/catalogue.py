@@ -65,6 +65,7 @@ ROLES: dict[str, str] = {
     "seed": "loads the pattern's demo data, once",
     "warmup": "fills a cache before traffic arrives",
     "dwh": "the data warehouse the pattern reads features from",
+    "source": "a data store a training pipeline reads (a fake web API)",
     "retrieve": "the stage that fetches stored features (prep-pred)",
     "prep": "the stage that turns raw rows into model inputs (prep-pred)",
     "pred": "the stage that runs the model on prepared inputs (prep-pred)",
