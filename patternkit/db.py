@@ -5,17 +5,21 @@ A pattern gets its database URL from a `[backing.NAME] kind = "sql"` entry of it
 several processes can read and write it at once), or `DATABASE_URL`, e.g. PostgreSQL
 (`postgresql://...` is driven by psycopg 3). `upsert` and `create_tables` work the same on
 both, and `create_tables` is safe when several processes create the same tables at once.
+`in_tx` runs a route's transaction on a thread; `plain` turns a row into a JSON-ready dict.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+
+T = TypeVar("T")
 
 # the PostgreSQL advisory lock that serialises create_tables across processes
 CREATE_LOCK_KEY = zlib.crc32(b"patternkit.db.create_tables")
@@ -117,3 +121,19 @@ def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would not begin before DDL
         metadata.create_all(conn, checkfirst=True)
         conn.commit()
+
+
+async def in_tx(engine: Engine, work: Callable[[sa.Connection], T]) -> T:
+    """Run `work(conn)` in one transaction on a worker thread: a route's blocking DB work."""
+
+    def run() -> T:
+        with engine.begin() as conn:
+            return work(conn)
+
+    return await asyncio.to_thread(run)
+
+
+def plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row mapping as a dict with plain `str` keys (SQLAlchemy's are `quoted_name`, which
+    orjson refuses)."""
+    return {str(k): v for k, v in row.items()}

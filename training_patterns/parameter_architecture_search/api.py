@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypedDict, TypeVar
+from typing import Annotated, Any, Literal, TypedDict
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -34,8 +34,6 @@ from patternkit.service import (
 from patternkit.settings import ServiceSettings
 from training_patterns.parameter_architecture_search import store
 from training_patterns.parameter_architecture_search.space import SPACES, SpaceName
-
-T = TypeVar("T")
 
 EXAMPLE: dict[str, Any] = {"space": "families", "strategy": "tpe", "pruner": "halving",
                            "max_trials": 12, "time_budget_s": 60, "seed": 42}
@@ -78,13 +76,6 @@ Storage = Annotated[Any, Depends(from_state("storage"))]
 Counted = Annotated[Counts, Depends(from_state("counts"))]
 
 router = APIRouter()
-
-
-async def in_tx(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
-    def run() -> T:
-        with engine.begin() as conn:
-            return work(conn)
-    return await asyncio.to_thread(run)
 
 
 def trial_view(trial: Any) -> dict[str, Any]:
@@ -162,7 +153,7 @@ async def submit_search(body: SearchIn, engine: Engine, storage: Storage,
 @router.get("/searches", tags=["searches"])
 async def list_searches(engine: Engine,
                         limit: Annotated[int, Query(ge=1, le=200)] = 20) -> Response:
-    runs = await in_tx(engine, lambda conn: store.list_runs(conn, limit))
+    runs = await db.in_tx(engine, lambda conn: store.list_runs(conn, limit))
     return json_response({"searches": [
         {"search_id": r["id"], "status": r["status"], "space": r["space"],
          "strategy": r["strategy"], "max_trials": r["max_trials"],

@@ -93,13 +93,9 @@ def create_run(conn: sa.Connection, search_id: str, request: dict[str, Any]) -> 
 def active_runs(conn: sa.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(RUNS).where(RUNS.c.status == RUNNING)
                         .order_by(RUNS.c.created_ts)).mappings()
-    return [plain(r) for r in rows]
+    return [db.plain(r) for r in rows]
 
 
-def plain(row: Any) -> dict[str, Any]:
-    """A row as a dict with plain `str` keys (SQLAlchemy's are `quoted_name`, which orjson
-    refuses)."""
-    return {str(k): v for k, v in row.items()}
 
 
 def claim_slot(conn: sa.Connection, search_id: str, now: float) -> int | None:
@@ -149,18 +145,18 @@ def register(conn: sa.Connection, record: dict[str, Any]) -> None:
 
 def run_row(conn: sa.Connection, search_id: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(RUNS).where(RUNS.c.id == search_id)).mappings().first()
-    return plain(row) if row else None
+    return db.plain(row) if row else None
 
 
 def model_row(conn: sa.Connection, search_id: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(MODELS).where(MODELS.c.search_id == search_id)) \
         .mappings().first()
-    return plain(row) if row else None
+    return db.plain(row) if row else None
 
 
 def list_runs(conn: sa.Connection, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(RUNS).order_by(RUNS.c.created_ts.desc()).limit(limit))
-    return [plain(r) for r in rows.mappings()]
+    return [db.plain(r) for r in rows.mappings()]
 
 
 def best_of(trials: list[Any]) -> Any | None:

@@ -17,10 +17,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypedDict, TypeVar
+from typing import Annotated, Any, TypedDict
 
 import sqlalchemy as sa
 from celery import Celery
@@ -48,7 +48,6 @@ from training_patterns.pipeline_training.worker import task_name
 
 log = logging.getLogger("pipeline.orchestrator")
 RETRYABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, *QUEUE_ERRORS)
-T = TypeVar("T")
 
 
 class ParamsIn(BaseModel):
@@ -159,13 +158,6 @@ RunId = Annotated[str, PathParam(max_length=64)]
 router = APIRouter()
 
 
-async def in_tx(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
-    def run() -> T:
-        with engine.begin() as conn:
-            return work(conn)
-    return await asyncio.to_thread(run)
-
-
 def duration(start: float | None, end: float | None) -> float | None:
     return round(end - start, 3) if start and end else None
 
@@ -235,7 +227,7 @@ def not_found(run_id: str) -> ApiError:
 
 
 async def read_run(engine: sa.Engine, run_id: str, artifacts: Path) -> dict[str, Any]:
-    view = await in_tx(engine, lambda conn: run_view(conn, run_id, artifacts))
+    view = await db.in_tx(engine, lambda conn: run_view(conn, run_id, artifacts))
     if view is None:
         raise not_found(run_id)
     return view
@@ -258,7 +250,7 @@ async def submit_run(body: RunIn, engine: Engine, counts: Counted, data_dir: Dat
     run_id = uuid.uuid4().hex
     request = {"params": body.params.model_dump(), "always_run": body.always_run,
                "faults": {k: v.model_dump() for k, v in body.faults.items()}}
-    await in_tx(engine, lambda conn: store.create_run(conn, run_id, request, PIPELINE.order))
+    await db.in_tx(engine, lambda conn: store.create_run(conn, run_id, request, PIPELINE.order))
     counts.runs_submitted.inc()
     return accepted(await read_run(engine, run_id, artifacts))
 
@@ -266,7 +258,7 @@ async def submit_run(body: RunIn, engine: Engine, counts: Counted, data_dir: Dat
 @router.get("/runs", tags=["runs"])
 async def list_runs(engine: Engine, limit: Annotated[int, Query(ge=1, le=200)] = 20
                     ) -> Response:
-    runs = await in_tx(engine, lambda conn: store.list_runs(conn, limit))
+    runs = await db.in_tx(engine, lambda conn: store.list_runs(conn, limit))
     return json_response({"runs": [
         {"run_id": r["id"], "state": r["state"], "failed_step": r["failed_step"],
          "retries": r["retries"], "created_ts": r["created_ts"]} for r in runs]})
@@ -297,7 +289,7 @@ async def retry_run(run_id: RunId, engine: Engine, counts: Counted,
         store.reopen_run(conn, run_id, retry=True)
         return str(run["failed_step"])
 
-    failed_step = await in_tx(engine, reopen)
+    failed_step = await db.in_tx(engine, reopen)
     counts.runs_retried.inc()
     log.info("run %s resumed at %s", run_id[:8], failed_step)
     return accepted(await read_run(engine, run_id, artifacts))
@@ -329,7 +321,7 @@ async def rerun_step(run_id: RunId, step: StepName, engine: Engine, counts: Coun
                            force=True, **store.CLEARED)
         store.reopen_run(conn, run_id, retry=False)
 
-    await in_tx(engine, reopen)
+    await db.in_tx(engine, reopen)
     counts.steps_rerun.inc()
     return accepted(await read_run(engine, run_id, artifacts))
 
@@ -337,7 +329,7 @@ async def rerun_step(run_id: RunId, step: StepName, engine: Engine, counts: Coun
 @router.get("/steps", tags=["steps"])
 async def step_totals(engine: Engine) -> Response:
     """The pipeline's declaration and every step's executions over all runs."""
-    totals = await in_tx(engine, store.totals)
+    totals = await db.in_tx(engine, store.totals)
     return json_response({"pipeline": PIPELINE.describe(), "executions": {
         s: {"ran": totals.get(s, {}).get("ran", 0),
             "restored": totals.get(s, {}).get("restored", 0),

@@ -94,8 +94,6 @@ MODELS = sa.Table(
 )
 
 
-def plain(row: Any) -> dict[str, Any]:
-    return {str(k): v for k, v in row.items()}
 
 
 def create_run(conn: sa.Connection, run_id: str, request: dict[str, Any],
@@ -109,24 +107,24 @@ def create_run(conn: sa.Connection, run_id: str, request: dict[str, Any],
 
 def run_row(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
-    return plain(row) if row else None
+    return db.plain(row) if row else None
 
 
 def step_rows(conn: sa.Connection, run_id: str) -> dict[str, dict[str, Any]]:
     rows = conn.execute(sa.select(STEPS).where(STEPS.c.run_id == run_id)
                         .order_by(STEPS.c.position)).mappings()
-    return {r["step"]: plain(r) for r in rows}
+    return {r["step"]: db.plain(r) for r in rows}
 
 
 def active_runs(conn: sa.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(RUNS).where(RUNS.c.state == RUNNING)
                         .order_by(RUNS.c.created_ts)).mappings()
-    return [plain(r) for r in rows]
+    return [db.plain(r) for r in rows]
 
 
 def list_runs(conn: sa.Connection, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(RUNS).order_by(RUNS.c.created_ts.desc()).limit(limit))
-    return [plain(r) for r in rows.mappings()]
+    return [db.plain(r) for r in rows.mappings()]
 
 
 def set_step(conn: sa.Connection, run_id: str, step: str, from_states: tuple[str, ...],
@@ -163,7 +161,7 @@ def record_execution(conn: sa.Connection, **values: Any) -> None:
 def cached(conn: sa.Connection, step: str, key: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(CACHE).where(CACHE.c.step == step, CACHE.c.key == key)
                        ).mappings().first()
-    return plain(row) if row else None
+    return db.plain(row) if row else None
 
 
 def remember(conn: sa.Connection, step: str, key: str, run_id: str, digest: str) -> None:
@@ -183,7 +181,7 @@ def models(conn: sa.Connection, run_id: str | None = None) -> list[dict[str, Any
     query = sa.select(MODELS).order_by(MODELS.c.registered_ts)
     if run_id is not None:
         query = query.where(MODELS.c.run_id == run_id)
-    return [plain(r) for r in conn.execute(query).mappings()]
+    return [db.plain(r) for r in conn.execute(query).mappings()]
 
 
 def totals(conn: sa.Connection) -> dict[str, dict[str, int]]:
