@@ -7,7 +7,8 @@ failed step and succeeded once every step is done. `GET /runs/{id}` shows each s
 cache hit or run and why, the worker and queue that handled it, times, and how often it
 executed. `POST /runs/{id}/retry` resumes a failed run at its failed step (finished steps
 are not sent again); `POST /runs/{id}/steps/{step}` re-runs one step of a finished run alone
-(or with everything downstream of it). `GET /steps` counts executions over all runs.
+(or with everything downstream of it). `GET /runs/{id}/executions` lists every handling of
+its steps; `GET /steps` counts executions over all runs.
 """
 
 from __future__ import annotations
@@ -267,6 +268,18 @@ async def list_runs(engine: Engine, limit: Annotated[int, Query(ge=1, le=200)] =
 @router.get("/runs/{run_id}", tags=["runs"], responses={404: {}})
 async def get_run(run_id: RunId, engine: Engine, artifacts: Artifacts) -> Response:
     return json_response(await read_run(engine, run_id, artifacts))
+
+
+@router.get("/runs/{run_id}/executions", tags=["runs"], responses={404: {}})
+async def run_executions(run_id: RunId, engine: Engine) -> Response:
+    """Every time a worker handled a step of this run: ran, restored or failed, and when."""
+
+    def read(conn: sa.Connection) -> list[dict[str, Any]]:
+        if store.run_row(conn, run_id) is None:
+            raise not_found(run_id)
+        return store.executions(conn, run_id)
+
+    return json_response({"run_id": run_id, "executions": await db.in_tx(engine, read)})
 
 
 @router.post("/runs/{run_id}/retry", status_code=202, tags=["runs"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from patternkit.client import Client, wait_until
 from patternkit.topology import Stack
+from training_patterns.pipeline_training.pictures import timelines
 
 STEPS = ("gather", "prep", "train", "evaluate", "build")
 
@@ -52,7 +53,8 @@ def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
 
         boot = api.get("/runs", params={"limit": 200}).json()["runs"][-1]["run_id"]
         rows.append(row("boot run (trainer)", api.get(f"/runs/{boot}").json()))
-        rows.append(row("same request again", settled(api, start())))
+        again = settled(api, start())
+        rows.append(row("same request again", again))
 
         header, *lines = (dwh / "iris.csv").read_text().splitlines()
         (dwh / "iris_v2.csv").write_text("\n".join([header, *lines[::-1]]) + "\n")
@@ -71,16 +73,31 @@ def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
 
         run_id = start(params=params, always_run=["gather"],
                        faults={"gather": {"delay_ms": 1500}})
-        wait_until(lambda: api.get(f"/runs/{run_id}").json()["steps"][0]["state"] == "running",
-                   20, interval=0.02, what="gather running")
+        def gather_running() -> bool:
+            gather = api.get(f"/runs/{run_id}").json()["steps"][0]
+            return gather["state"] == "running" and gather["inputs"] is not None
+
+        wait_until(gather_running, 20, interval=0.02, what="gather running on its inputs")
         (dwh / "iris_v2.csv").write_text("\n".join([header, *lines[::-1][:100]]) + "\n")
         edited = settled(api, run_id)
         rows.append(row("table edited while gather runs", edited))
         api.post(f"/runs/{run_id}/retry").raise_for_status()
         rows.append(row("  retry on the new table", settled(api, run_id)))
+        drawn = []
+        for title, rid in (("boot run: every step ran", boot),
+                           ("the same request again: every step restored", again["run_id"]),
+                           ("new table: train failed, retried, then evaluate re-run alone",
+                            failed["run_id"]),
+                           ("table edited while gather ran: failed, retried on the new table",
+                            run_id)):
+            drawn.append((title, api.get(f"/runs/{rid}").json(),
+                          api.get(f"/runs/{rid}/executions").json()["executions"]))
+        picture = timelines(drawn, (out or Path(stack.run_dir)) / "pipeline_runs.png")
         totals = api.get("/steps").json()["executions"]
         rows.append({"what": "all runs: executions ran/restored/failed", "run": "-",
                      "executions": " ".join(
                          f"{s}={totals[s]['ran']}/{totals[s]['restored']}/{totals[s]['failed']}"
                          for s in STEPS)})
+    if picture is not None:
+        rows.append({"what": "picture", "run": str(picture)})
     return rows

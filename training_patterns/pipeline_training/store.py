@@ -158,6 +158,12 @@ def record_execution(conn: sa.Connection, **values: Any) -> None:
     conn.execute(EXECUTIONS.insert().values(**values))
 
 
+def executions(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.run_id == run_id)
+                        .order_by(EXECUTIONS.c.started_ts)).mappings()
+    return [db.plain(r) for r in rows]
+
+
 def cached(conn: sa.Connection, step: str, key: str) -> dict[str, Any] | None:
     row = conn.execute(sa.select(CACHE).where(CACHE.c.step == step, CACHE.c.key == key)
                        ).mappings().first()

@@ -121,6 +121,8 @@ class StepWorker:
         key = steps.cache_key(self.step, params, before)
         out = self.artifacts / run_id / self.step
         common = {"key": key, "inputs": before}
+        with self.engine.begin() as conn:  # shown while it runs: what the step started from
+            store.set_step(conn, run_id, self.step, (store.STEP_RUNNING,), **common)
         if row["force"] or always:
             reason = "re-run on request" if row["force"] else "always-run step: never restored"
         else:

@@ -132,6 +132,12 @@ def test_a_failed_train_is_retried_without_redoing_gather_and_prep(
     for name in ("gather", "prep"):  # finished steps were not sent again
         assert steps[name]["started_ts"] == before[name]["started_ts"]
 
+    handled = api.get(f"/runs/{view['run_id']}/executions").json()["executions"]
+    assert [(e["step"], e["outcome"]) for e in handled] == [
+        ("gather", "ran"), ("prep", "ran"), ("train", "failed"), ("train", "ran"),
+        ("evaluate", "ran"), ("build", "ran")]
+    assert {e["queue"] for e in handled if e["step"] == "train"} == {"train"}
+
     again = api.post(f"/runs/{view['run_id']}/retry")
     assert again.status_code == 409 and again.json()["error"] == "run_not_failed"
 
@@ -195,11 +201,11 @@ def test_an_input_edited_while_the_step_runs_is_detected_and_never_cached(
                     faults={"gather": {"delay_ms": 1500}})
     run_id = started["run_id"]
 
-    def gather_running() -> bool:
-        view = api.get(f"/runs/{run_id}").json()
-        return steps_of(view)["gather"]["state"] == "running"
+    def gather_running() -> bool:  # and its input digests taken (the key it started from)
+        gather = steps_of(api.get(f"/runs/{run_id}").json())["gather"]
+        return gather["state"] == "running" and gather["inputs"] is not None
 
-    wait_until(gather_running, 20, interval=0.02, what="gather running")
+    wait_until(gather_running, 20, interval=0.02, what="gather running on its inputs")
     lines = path.read_text().splitlines()[:101]
     path.write_text("\n".join(lines) + "\n")  # the table loses rows mid-step
     clean = sum(1 for line in lines[1:] if ",," not in line and "n/a" not in line)
