@@ -228,6 +228,7 @@ def test_an_input_edited_while_the_step_runs_is_detected_and_never_cached(
     gathered = steps_of(after)["gather"]
     assert gathered["cache"] == "run" and after["executions"]["gather"] == 2
     assert gathered["outputs"]["summary"]["rows"] == clean  # the edited table
+    assert after["cache"] == dict.fromkeys(STEPS, "run")  # a changed input: all downstream
 
 
 def test_bad_requests_are_named_4xx(api: Client) -> None:
