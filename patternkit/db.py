@@ -5,8 +5,7 @@ A pattern gets its database URL from a `[backing.NAME] kind = "sql"` entry of it
 several processes can read and write it at once), or `DATABASE_URL`, e.g. PostgreSQL
 (`postgresql://...` is driven by psycopg 3). `upsert` and `create_tables` work the same on
 both, and `create_tables` is safe when several processes create the same tables at once.
-`in_tx` runs a unit of work in one transaction off an API's event loop; `plain` turns a row
-into a dict a JSON reply can carry.
+`in_tx` runs a route's transaction on a thread; `plain` turns a row into a JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -125,14 +124,16 @@ def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
 
 
 async def in_tx(engine: Engine, work: Callable[[sa.Connection], T]) -> T:
-    """Run `work` in one transaction, in a thread (an API's event loop does not wait on I/O)."""
+    """Run `work(conn)` in one transaction on a worker thread: a route's blocking DB work."""
+
     def run() -> T:
         with engine.begin() as conn:
             return work(conn)
+
     return await asyncio.to_thread(run)
 
 
-def plain(row: Any) -> dict[str, Any]:
-    """A result row as a dict with plain `str` keys (SQLAlchemy's are `quoted_name`, which
+def plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row mapping as a dict with plain `str` keys (SQLAlchemy's are `quoted_name`, which
     orjson refuses)."""
     return {str(k): v for k, v in row.items()}

@@ -23,7 +23,8 @@ from patternkit.topology import Stack, discover, repo_root
 # actions that take no body: the id in the path says it all, or the file they re-read
 NO_BODY = {("post", "/jobs"), ("post", "/jobs/{job_id}/rerun"), ("post", "/config/reload"),
            ("post", "/rules/reload"), ("post", "/models/{name}/versions/{version}/promote"),
-           ("post", "/models/{model_id}/rebuild")}
+           ("post", "/models/{model_id}/rebuild"), ("post", "/runs/{run_id}/retry"),
+           ("post", "/runs/{run_id}/steps/{step}")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 OIP_ERROR_REF = {"$ref": "#/components/schemas/InferenceErrorBody"}
 
