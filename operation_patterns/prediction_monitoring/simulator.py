@@ -1,12 +1,12 @@
-"""Seeded client traffic for O5 and OA1: batches drawn from the rows the model never trained on.
+"""Seeded client traffic for O5 and OA1: batches drawn from rows the model never trained on.
 
 `Traffic(seed).batch(n)` draws `n` rows of the held-out split (the 30% `train_model` keeps
-back) with a small jitter, so no two requests repeat; `shift` moves features by a number of
-training standard deviations (drift), `only_class` keeps the rows of one true class (a class
-flood), `order` sends the columns in another order (OA1's client bug: every row still has 8
-finite numbers, so the schema holds). `send` posts batches at a steady rate (the monitor's
-traffic rules count requests per second) and returns the request ids; `burst` sends many
-requests at once from several threads.
+back; of a small dataset, every row) with a small jitter, so no two requests repeat; `shift`
+moves features by a number of training standard deviations (drift), `only_class` keeps the
+rows of one true class (a class flood), `order` sends the columns in another order (OA1's
+client bug: every row still has as many finite numbers, so the schema holds). `send` posts
+batches at a steady rate (the monitor's traffic rules count requests per second) and returns
+the request ids; `burst` sends many requests at once from several threads.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ JITTER_SD = 0.02  # in training standard deviations: rows differ, their distribu
 
 
 class Traffic:
-    def __init__(self, seed: int = 0, model: str = MODEL, split_seed: int = 42) -> None:
+    def __init__(self, seed: int = 0, model: str = MODEL, split_seed: int = 42,
+                 held_out_only: bool = True) -> None:
         X, y, self.features, self.classes = variant_data(VARIANTS[model])
         X_train, X_held, _, y_held = train_test_split(X, y, test_size=0.3,
                                                       random_state=split_seed, stratify=y)
-        self.rows, self.labels = X_held.astype(np.float64), y_held
+        # a small dataset's held-out rows are too few to stand for its distribution: all rows
+        self.rows, self.labels = ((X_held.astype(np.float64), y_held) if held_out_only
+                                  else (X.astype(np.float64), y))
         self.sd = X_train.astype(np.float64).std(axis=0)
         self.rng = np.random.default_rng(seed)
 
