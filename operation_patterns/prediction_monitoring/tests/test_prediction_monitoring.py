@@ -238,6 +238,42 @@ def test_bad_requests_are_refused_with_the_field_named(
     assert resp.status_code == 422 and "since" in resp.json()["message"]
 
 
+def test_one_window_can_be_given_in_the_query(monitor: Client) -> None:
+    start, end = BOOT - timedelta(seconds=60), BOOT - timedelta(seconds=50)
+    resp = monitor.post("/evaluate", params={"start": start.isoformat(),
+                                             "end": end.isoformat()})
+    assert resp.status_code == 200, resp.text
+    (w,) = resp.json()["windows"]
+    assert w["window"] == {"start": start.isoformat(), "end": end.isoformat(), "seconds": 10.0}
+    assert [s["key"] for s in w["states"]] == ["traffic_low"]  # pending after one window
+
+
+def test_alerts_posted_while_the_sink_is_down_are_sent_once_it_is_back(
+    stack: Stack, monitor: Client, sink: Client
+) -> None:
+    quiet = [(BOOT - timedelta(seconds=40), BOOT - timedelta(seconds=30)),
+             (BOOT - timedelta(seconds=30), BOOT - timedelta(seconds=20))]
+    stack.stop_service("alert_sink")
+    try:
+        body = evaluate(monitor, quiet)
+        assert body["posted"] is False and len(body["alerts"]) == 1
+        posts = monitor.get("/alerts/active").json()["posts"]
+        assert posts["pending"] >= 1 and posts["failures"] >= 1 and posts["dropped"] == 0
+    finally:
+        stack.start_service("alert_sink")
+    interval = float(stack.proc("monitor").env["MONITOR_INTERVAL_S"])
+
+    def delivered() -> bool:  # the live loop's next post sends what was kept
+        return bool(sink.get("/alerts", params={"source": body["evaluation"]}).json()["count"])
+
+    wait_until(delivered, timeout=3 * interval + 10, interval=0.5,
+               what="the kept alert delivered")
+    (alert,) = sunk(sink, body["evaluation"], 1)
+    assert alert["rule"] == "traffic_low" and alert["fingerprint"] == body["alerts"][0][
+        "fingerprint"]
+    assert monitor.get("/alerts/active").json()["posts"]["pending"] == 0
+
+
 def test_the_rules_and_thresholds_are_shown(monitor: Client) -> None:
     body = monitor.get("/rules").json()
     drift = body["rules"]["feature_drift"]
