@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from operation_patterns.prediction_monitoring.simulator import Traffic
+from patternkit import charts
 from patternkit.client import Client
 from patternkit.db import make_engine
 from patternkit.predlog import prediction_table, read_predictions
@@ -26,6 +27,7 @@ LOG_TABLE = prediction_table(TABLE_PREFIX, METADATA)  # what the logged proxy wr
 SWAPPED = (0, 2)  # "mean radius" and "mean perimeter" change places in the client's rows
 STACKS = ("unlogged", "logged")
 PHASES = ["healthy"] * 3 + ["bug"] * 3  # one monitor window each: 10 requests x 100 rows
+PICTURE = "side_by_side.png"
 
 
 @dataclass
@@ -34,14 +36,20 @@ class Run:
 
     windows: list[tuple[datetime, datetime]] = field(default_factory=list)
     statuses: dict[str, list[int]] = field(default_factory=lambda: {s: [] for s in STACKS})
-    malignant: dict[str, dict[str, list[int]]] = field(
-        default_factory=lambda: {s: {"healthy": [], "bug": []} for s in STACKS})
+    # per stack, per window: the classes the client was answered
+    answers: dict[str, list[list[int]]] = field(
+        default_factory=lambda: {s: [[] for _ in PHASES] for s in STACKS})
     first_bug_rid: str = ""
     last_rid: str = ""
 
     def share(self, stack: str, phase: str) -> float:
-        labels = self.malignant[stack][phase]
+        """The share of malignant (class 0) answers in the windows of `phase`."""
+        labels = [c for k, window in enumerate(self.answers[stack]) if PHASES[k] == phase
+                  for c in window]
         return sum(1 for label in labels if label == 0) / max(len(labels), 1)
+
+    def window_shares(self, stack: str) -> list[float]:
+        return [sum(1 for c in w if c == 0) / max(len(w), 1) for w in self.answers[stack]]
 
 
 def order(bug: bool, n_features: int = 30) -> list[int]:
@@ -72,7 +80,7 @@ def side_by_side(stack: Stack, seed: int = 7, tag: str = "oa1", rps: float = 10.
                                        headers={"x-request-id": rid})
                     run.statuses[s].append(resp.status_code)
                     if resp.status_code == 200:
-                        run.malignant[s][phase].extend(resp.json()["prediction"])
+                        run.answers[s][k].extend(resp.json()["prediction"])
                     if s == "logged":
                         run.last_rid = rid
                         if phase == "bug" and not run.first_bug_rid:
@@ -85,6 +93,39 @@ def side_by_side(stack: Stack, seed: int = 7, tag: str = "oa1", rps: float = 10.
         for client in clients.values():
             client.close()
     return run
+
+
+def draw(result: Run, reports: list[dict[str, Any]], psi_alert: float) -> Any:
+    """What the client saw on both stacks, and what only the logged stack's monitor saw."""
+    fig, (mix, drift) = charts.figure("The same traffic and client bug through both stacks",
+                                      heights=(2.2, 2.6))
+    x = list(range(1, len(PHASES) + 1))
+    for s, style in (("unlogged", ":"), ("logged", "-")):
+        mix.plot(x, result.window_shares(s), ls=style, marker="o", lw=2,
+                 color=charts.COLORS["muted" if s == "unlogged" else "answer"],
+                 label=f"{s}: all 200s")
+    mix.set_ylabel("malignant answers", fontsize=8)
+    mix.set_ylim(0, 1)
+    mix.legend(fontsize=8, loc="upper left")
+    features = list(reports[0]["drift"])
+    swapped = {features[i] for i in SWAPPED}
+    for f in features:
+        hot = f in swapped
+        drift.plot(x, [max(r["drift"][f]["psi"], 1e-3) for r in reports], marker="o",
+                   lw=2 if hot else 0.8, alpha=1 if hot else 0.5,
+                   color=charts.COLORS["error"] if hot else charts.COLORS["muted"],
+                   label=f if hot else ("the other 28 features" if f == features[1] else None))
+    drift.axhline(psi_alert, color=charts.COLORS["open"], ls="--", lw=1.2,
+                  label=f"alert {psi_alert}")
+    charts.log_scale(drift, "y")
+    drift.set_ylabel("PSI (logged stack only)", fontsize=8)
+    drift.text(0.99, 0.04, "unlogged stack: no log, nothing to compute", ha="right",
+               transform=drift.transAxes, fontsize=8, color=charts.COLORS["muted"])
+    drift.legend(fontsize=7, loc="center left")
+    drift.axvline(3.5, color=charts.COLORS["muted"], lw=1)
+    mix.axvline(3.5, color=charts.COLORS["muted"], lw=1)
+    drift.set_xticks(x, [f"{k}\n{p}" for k, p in zip(x, PHASES, strict=True)], fontsize=8)
+    return fig
 
 
 def log_rows(stack: Stack, since: datetime) -> dict[str, int]:
@@ -109,6 +150,9 @@ def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
             {"start": a.isoformat(), "end": b.isoformat()} for a, b in result.windows]}
         ).raise_for_status().json()
         alerts = [a for a in body["alerts"] if a["status"] == "firing"]
+        psi_alert = monitor.get("/rules").json()["rules"]["feature_drift"]["psi_alert"]
+        charts.picture((out or stack.run_dir) / PICTURE,
+                       lambda: draw(result, body["windows"], psi_alert))
         sunk = sink.get("/alerts", params={"source": body["evaluation"]}).json()["count"]
         first = next((a["first_request_id"] for a in alerts if a["rule"] == "feature_drift"),
                      None)

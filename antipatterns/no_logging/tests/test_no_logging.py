@@ -11,6 +11,7 @@ import pytest
 from antipatterns.no_logging import scenario
 from antipatterns.no_logging.scenario import Run, log_rows, side_by_side
 from patternkit.client import Client
+from patternkit.testing import check_picture
 from patternkit.topology import Stack
 
 RADIUS, PERIMETER = "mean radius", "mean perimeter"
@@ -46,7 +47,7 @@ def test_both_stacks_answer_200_while_the_class_mix_shifts(run: Run) -> None:
               f"(training: 37.2%)")
         # 3,000 rows each: a binomial share's sd is under 0.01, so these bounds are wide
         assert 0.30 < healthy < 0.45 and bug > 0.7
-    assert run.malignant["unlogged"] == run.malignant["logged"]  # the same model, same answers
+    assert run.answers["unlogged"] == run.answers["logged"]  # the same model, same answers
 
 
 def test_the_unlogged_stack_has_nothing_to_query(
@@ -99,3 +100,4 @@ def test_the_demo_reports_the_counts(stack: Stack, tmp_path: Path) -> None:
     assert rows["unlogged"]["GET /logs?request_id=<first bug request>"] == "404"
     assert rows["logged"]["GET /logs?request_id=<first bug request>"].startswith("200")
     assert rows["logged"]["alerts"].startswith("3 fired (3 at the sink)")
+    check_picture(tmp_path / scenario.PICTURE)
