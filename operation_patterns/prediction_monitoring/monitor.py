@@ -59,6 +59,9 @@ class MonitorSettings(ServiceSettings):
     rules_file: str = Field(..., description="the rules (TOML)")
     reference_path: str = Field(..., description="the training distribution (reference.json "
                                                  "or the model folder holding it)")
+    log_services: str = Field("", description="comma-separated services whose rows count "
+                                              "(a log holding a proxy's and a predictor's row "
+                                              "per request counts one); empty: all")
     alert_url: str = Field("", description="the alert sink's webhook; empty: alerts are only "
                                            "shown here")
     monitor_interval_s: float = Field(5.0, ge=0, description="seconds between evaluations; "
@@ -118,10 +121,11 @@ class Judge:
     ref: Reference
     engine: sa.Engine
     prefix: str
+    services: tuple[str, ...] = ()
 
     def report(self, window: Window) -> WindowReport:
         """Read a window of the log and apply the rules (blocking: run it in a thread)."""
-        rows = read_window(self.engine, self.prefix, window)
+        rows = read_window(self.engine, self.prefix, window, services=self.services or None)
         return evaluate(window_data(rows, window, len(self.ref.features)), self.rules, self.ref)
 
 
@@ -134,19 +138,23 @@ class Resources(TypedDict):
 
 def create_app(settings: MonitorSettings | None = None) -> FastAPI:
     cfg = settings or MonitorSettings()
+    live_book: list[AlertBook] = []  # the live states, for the firing gauge read on scrape
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         rules = Rules.load(cfg.rules_file)  # a bad file stops the start with its field named
         ref = Reference.load(cfg.reference_path)
         engine = make_engine(cfg.database_url)
-        judge = Judge(rules, ref, engine, cfg.log_prefix)
+        services = tuple(s.strip() for s in cfg.log_services.split(",") if s.strip())
+        judge = Judge(rules, ref, engine, cfg.log_prefix, services)
         live = Live(AlertBook(rules, "live"), deque(maxlen=cfg.history))
+        live_book[:] = [live.book]
         poster = AlertPoster(cfg.alert_url)
         state.metadata.update(rules=rules.view(), reference=ref.summary(),
                               window_s=cfg.window_s, monitor_interval_s=cfg.monitor_interval_s,
                               log_delay_s=cfg.log_delay_s, alert_url=cfg.alert_url,
                               log_table=f"{cfg.log_prefix}_prediction_log",
+                              log_services=list(services) or "all",
                               database=show_url(engine))
         state.stats["alert_posts"] = poster.stats()
 
@@ -186,6 +194,9 @@ def create_app(settings: MonitorSettings | None = None) -> FastAPI:
     evaluations = metrics.counter("monitor_evaluations", "windows evaluated",
                                   {"source": ("live", "request")},
                                   stat="evaluations.{source}")
+    metrics.gauge("monitor_alerts_firing", "live alerts firing now").set_function(
+        lambda: sum(1 for st in live_book[0].states.values() if st.state == "firing")
+        if live_book else 0)
     notified = metrics.counter("monitor_alerts", "alerts that fired or resolved",
                                {"rule": RULE_NAMES, "status": ("firing", "resolved")},
                                stat="alerts.{status}")

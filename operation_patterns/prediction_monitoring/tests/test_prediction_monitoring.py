@@ -100,6 +100,11 @@ def test_the_live_loop_fires_traffic_low_on_silence_and_posts_it(
     assert live["count"] >= 2 and all(w["window"]["seconds"] == window_s
                                       for w in live["windows"])
     assert monitor.stats()["evaluations"]["live"] >= 2
+    metrics = monitor.get("/metrics").text
+    assert 'monitor_alerts_total{rule="traffic_low",status="firing"} 1.0' in metrics
+    firing = next(line for line in metrics.splitlines()
+                  if line.startswith("monitor_alerts_firing "))
+    assert float(firing.split()[1]) >= 1  # still silent: still firing
 
 
 def test_balanced_traffic_fires_nothing_and_one_drifted_feature_fires_only_its_alert(
