@@ -76,6 +76,8 @@ ROLES: dict[str, str] = {
     "builder": "packs a trained model with its server into an immutable bundle (an image)",
     "monolith": "every model in one process (the all-in-one antipattern)",
     "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
+    "monitor": "evaluates rules over windows of the prediction log and posts alerts",
+    "sink": "receives alerts (a webhook receiver) and lists them",
 }
 
 
