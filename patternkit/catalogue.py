@@ -72,6 +72,7 @@ ROLES: dict[str, str] = {
     "builder": "packs a trained model with its server into an immutable bundle (an image)",
     "monolith": "every model in one process (the all-in-one antipattern)",
     "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
+    "consumer": "reads a queue or stream (a consumer group) and writes what it reads to a store",
 }
 
 
