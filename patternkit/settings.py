@@ -63,6 +63,8 @@ class PredictorSettings(BatchSettings):
                                                                 "<prefix>_prediction_log")
     prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
                                        "log is down; more are dropped and counted")
+    prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
+                                          "attempts while the log is down")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:

@@ -57,6 +57,8 @@ class LogProxySettings(BatchSettings):
                                                                      "<prefix>_prediction_log")
     prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
                                        "log is down; more are dropped and counted")
+    prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
+                                          "attempts while the log is down")
     timeout_ms: int = Field(2000, gt=0, description="deadline of the predictor's answer")
 
 
@@ -90,8 +92,8 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         async with PredictionLog(
             cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
-            max_buffer=cfg.prediction_log_buffer, registry=state.registry,
-            columns=log_columns(),
+            max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
+            registry=state.registry, columns=log_columns(),
         ) as plog:
             state.metrics.computed("prediction_log", plog.stats)
             state.metadata.update(predictor=predictor.url, prediction_log={
