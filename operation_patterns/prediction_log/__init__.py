@@ -1,1 +1,1 @@
-"""O4 Prediction log: proxy and predictor log every request to a Redis stream; a consumer stores it."""
+"""O4 Prediction log: every request logged to a Redis stream; a consumer stores it once."""

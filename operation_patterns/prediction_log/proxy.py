@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +34,7 @@ from patternkit.backends import (
     watch_models,
 )
 from patternkit.predictor import parse_batch
-from patternkit.predlog import PredictionLog, log_columns
+from patternkit.predlog import PredictionLog, log_columns, stream_table
 from patternkit.proxy import Upstream
 from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import (
@@ -45,6 +46,10 @@ from patternkit.service import (
 )
 from patternkit.settings import BatchSettings
 
+TABLE_PREFIX = "prediction_log"
+METADATA = sa.MetaData()
+LOG_TABLE = stream_table(TABLE_PREFIX, METADATA)  # what the consumer writes, the stream's name
+
 
 class LogProxySettings(BatchSettings):
     """The predictor, the log and the spool's bound."""
@@ -53,7 +58,7 @@ class LogProxySettings(BatchSettings):
     predictor_url: str = Field(..., description="the predictor the proxy forwards to")
     prediction_log_url: str = Field(..., description="the log: a redis:// URL (a stream) or "
                                                      "a database URL")
-    prediction_log_prefix: str = Field("prediction_log", description="the log is "
+    prediction_log_prefix: str = Field(TABLE_PREFIX, description="the log is "
                                                                      "<prefix>_prediction_log")
     prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
                                        "log is down; more are dropped and counted")

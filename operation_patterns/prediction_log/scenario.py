@@ -24,13 +24,13 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from operation_patterns.prediction_log.proxy import LOG_TABLE, TABLE_PREFIX
 from patternkit.client import IRIS_ROWS, Client, LatencyStats, wait_until
 from patternkit.db import make_engine
-from patternkit.predlog import stream_table
 from patternkit.topology import Stack
 
-PREFIX = "prediction_log"
-TABLE = stream_table(PREFIX)
+PREFIX = TABLE_PREFIX
+TABLE = LOG_TABLE
 BODY = {"data": [IRIS_ROWS[2][0]]}
 SPOOL_BOUND = 100
 BULK_ROWS = 500
@@ -293,6 +293,4 @@ def run(stack: Stack) -> list[dict[str, Any]]:
                              f"{s['bulk']} more (unbounded: +{s['would_be_kb'] / 1024:.0f} MB "
                              f"of records at least); dropped_total metric now "
                              f"{s['dropped_metric']}"})
-    for row in rows:
-        print(f"{row['step']}: {row['observed']}", flush=True)
     return rows
