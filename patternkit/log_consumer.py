@@ -245,6 +245,8 @@ class Consumer:
         await self.ensure_group()
         if self._recover:
             await self._own_pending()
+            if self._recover:  # the DB refused them: read nothing new until it takes them
+                return
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self.cfg.claim_interval_s

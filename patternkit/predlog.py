@@ -452,7 +452,9 @@ class PredictionLog:
                                         socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
             self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name=f"predlog-{self.stream}")
-            log.info("prediction log: stream %s at %s", self.stream, self._url)
+            where = self.redis.connection_pool.connection_kwargs
+            log.info("prediction log: stream %s at %s:%s", self.stream, where.get("host"),
+                     where.get("port"))
             return
         if self.engine is None:
             assert isinstance(self._url, str)
