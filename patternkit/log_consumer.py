@@ -54,7 +54,7 @@ from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.log_consumer")
 
-LAG_CAP = 100_000  # undelivered entries counted at most per lag reading
+LAG_CAP = 10_000  # undelivered entries counted at most per lag reading (Redis < 7)
 Entry = tuple[bytes, dict[bytes, bytes] | None]  # (id, fields); None: trimmed while pending
 
 
@@ -128,7 +128,8 @@ class Consumer:
         self._next_lag = 0.0
         self._stopping = asyncio.Event()
         metrics = state.metrics
-        metrics.gauge("log_consumer_lag", "entries in the stream not yet delivered to the group",
+        metrics.gauge("log_consumer_lag", "entries not yet delivered to the group (at most LAG_CAP "
+                      "counted before Redis 7)",
                       stat="lag").set_function(lambda: self.lag)
         metrics.gauge("log_consumer_pending", "entries delivered to the group, not yet acked",
                       stat="pending").set_function(lambda: self.pending)
@@ -218,7 +219,9 @@ class Consumer:
                 return
 
     async def _measure(self) -> None:
-        """Lag (undelivered entries, the oldest one's age) and pending, from XINFO GROUPS."""
+        """Pending (XINFO GROUPS), lag (entries not yet delivered to the group) and the age
+        of the oldest of them. Redis 7 reports the lag itself; before, it is 0 when the group
+        has been delivered the newest entry, else counted with XRANGE up to LAG_CAP."""
         groups = await self.redis.xinfo_groups(self.stream)
         mine = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
         if mine is None:
@@ -226,9 +229,20 @@ class Consumer:
         self.pending = int(mine["pending"])
         last = mine["last-delivered-id"]
         last = last.decode() if isinstance(last, bytes) else str(last)
-        newer: Any = await self.redis.xrange(self.stream, min=f"({last}", max="+", count=LAG_CAP)
-        self.lag = len(newer)
-        oldest_ms = int(newer[0][0].split(b"-")[0]) if newer else None
+        info: Any = await self.redis.xinfo_stream(self.stream)
+        newest = info.get("last-generated-id", b"")
+        newest = newest.decode() if isinstance(newest, bytes) else str(newest)
+        if newest == last:
+            self.lag, self.lag_s = 0, 0.0
+            return
+        first: Any = await self.redis.xrange(self.stream, min=f"({last}", max="+", count=1)
+        if mine.get("lag") is not None:
+            self.lag = int(mine["lag"])
+        else:
+            newer: Any = await self.redis.xrange(self.stream, min=f"({last}", max="+",
+                                                 count=LAG_CAP)
+            self.lag = len(newer)
+        oldest_ms = int(first[0][0].split(b"-")[0]) if first else None
         self.lag_s = round(max(0.0, time.time() - oldest_ms / 1000), 3) if oldest_ms else 0.0
 
     def _failed(self, what: str, exc: Exception) -> None:
