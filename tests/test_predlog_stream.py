@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,10 +129,10 @@ def test_redis_down_spools_up_to_the_bound_drops_the_rest_and_drains_later(
     assert ids == [f"r{i:03d}" for i in range(100)]
 
 
-def test_insert_new_stores_each_key_once_and_returns_what_it_inserted(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+def test_insert_new_stores_each_key_once_and_returns_what_it_inserted(db_url: str) -> None:
+    engine = make_engine(db_url)
     metadata = sa.MetaData()
-    table = stream_table("unit", metadata)
+    table = stream_table(f"t{uuid.uuid4().hex[:10]}", metadata)
     create_tables(engine, metadata)
 
     def row(rid: str, kind: str) -> dict[str, object]:
@@ -147,4 +148,5 @@ def test_insert_new_stores_each_key_once_and_returns_what_it_inserted(tmp_path: 
         assert insert_new(conn, table, [], LOG_KEY) == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 3
+    table.drop(engine)
     engine.dispose()
