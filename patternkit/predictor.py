@@ -67,7 +67,7 @@ async def prediction_log(
     async with PredictionLog(
         cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
         max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
-        registry=state.registry, columns=log_columns(),
+        stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry, columns=log_columns(),
     ) as plog:
         state.metrics.computed("prediction_log", plog.stats)
         state.metadata["prediction_log"] = {"sink": plog.sink, "target": plog.stream}

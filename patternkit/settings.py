@@ -65,6 +65,8 @@ class PredictorSettings(BatchSettings):
                                        "log is down; more are dropped and counted")
     prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
                                           "attempts while the log is down")
+    prediction_log_maxlen: int = Field(100_000, ge=1, description="a stream log's MAXLEN ~ "
+                                       "(entries Redis keeps)")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:

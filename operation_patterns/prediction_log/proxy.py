@@ -64,6 +64,8 @@ class LogProxySettings(BatchSettings):
                                        "log is down; more are dropped and counted")
     prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
                                           "attempts while the log is down")
+    prediction_log_maxlen: int = Field(100_000, ge=1, description="the stream's MAXLEN ~ "
+                                       "(entries Redis keeps)")
     timeout_ms: int = Field(2000, gt=0, description="deadline of the predictor's answer")
 
 
@@ -98,7 +100,8 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
         async with PredictionLog(
             cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
             max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
-            registry=state.registry, columns=log_columns(),
+            stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry,
+            columns=log_columns(),
         ) as plog:
             state.metrics.computed("prediction_log", plog.stats)
             state.metadata.update(predictor=predictor.url, prediction_log={
