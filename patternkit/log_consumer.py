@@ -54,6 +54,9 @@ from patternkit.settings import ServiceSettings
 
 log = logging.getLogger("patternkit.log_consumer")
 
+# the DB is down, locked or gone (retry the batch), as opposed to refusing a row's data
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError,
+               sa.exc.TimeoutError)
 LAG_CAP = 10_000  # undelivered entries counted at most per lag reading (Redis < 7)
 Entry = tuple[bytes, dict[bytes, bytes] | None]  # (id, fields); None: trimmed while pending
 
@@ -91,7 +94,8 @@ class Counts(CounterSet):
     stored: Annotated[Counter, "rows inserted into the table"]
     duplicates: Annotated[Counter, "entries whose (request id, service, kind) was stored "
                                    "already: skipped"]
-    malformed: Annotated[Counter, "entries that are not a log record: acknowledged, skipped"]
+    malformed: Annotated[Counter, "entries that are not a log record, or that the DB refuses: "
+                                  "acknowledged, skipped"]
     trimmed: Annotated[Counter, "pending entries MAXLEN trimmed before they were stored"]
     claimed: Annotated[Counter, "entries taken over from a consumer that left them pending"]
     acked: Annotated[Counter, "entries acknowledged after their batch was committed"]
@@ -160,6 +164,22 @@ class Consumer:
         with self.engine.begin() as conn:
             return insert_new(conn, self.table, rows, LOG_KEY)
 
+    def _store_each(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """One row per transaction, after the database refused the batch for its data (not
+        for being down): (stored, refused). A refused row is logged and skipped, so one bad
+        entry cannot hold the stream up."""
+        stored = refused = 0
+        for row in rows:
+            try:
+                stored += self._store([row])
+            except UNAVAILABLE:
+                raise
+            except sa.exc.SQLAlchemyError as exc:
+                refused += 1
+                log.warning("skipping a record of %s the DB refuses: %s", row.get("request_id"),
+                            str(exc).splitlines()[0][:200])
+        return stored, refused
+
     async def handle(self, entries: Sequence[Entry]) -> None:
         """Write a batch in one transaction, then acknowledge it; a failed write leaves it
         pending (read again after RETRY_S)."""
@@ -177,8 +197,14 @@ class Consumer:
                 self.counts.malformed.inc()
                 log.warning("skipping stream entry %s: %s", entry_id.decode(), exc)
         if rows:
+            refused = 0
             try:
-                stored = await asyncio.to_thread(self._store, rows)
+                try:
+                    stored = await asyncio.to_thread(self._store, rows)
+                except UNAVAILABLE:
+                    raise
+                except sa.exc.SQLAlchemyError:  # the data, not the DB: find the bad rows
+                    stored, refused = await asyncio.to_thread(self._store_each, rows)
             except sa.exc.SQLAlchemyError as exc:
                 self.counts.db_errors.inc()
                 self._failed("db", exc)
@@ -186,7 +212,8 @@ class Consumer:
                 return
             self.db_ok = True
             self.counts.stored.inc(stored)
-            self.counts.duplicates.inc(len(rows) - stored)
+            self.counts.malformed.inc(refused)
+            self.counts.duplicates.inc(len(rows) - stored - refused)
         await self.redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
         self.counts.acked.inc(len(entries))
 

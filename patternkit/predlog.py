@@ -176,22 +176,24 @@ def decode_record(data: bytes, fields: Iterable[str] = ()) -> dict[str, Any]:
         service = str(raw["service"])
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"no valid `at` and `service` ({type(exc).__name__}: {exc})") from None
-    rid = raw.get("request_id")
+    def text(name: str, limit: int) -> str | None:  # a string column gets a string or NULL
+        value = raw.get(name)
+        return None if value is None else str(value)[:limit]
+
     latency = raw.get("latency_ms")
     row: dict[str, Any] = {
-        "request_id": None if rid is None else str(rid)[:128],
+        "request_id": text("request_id", 128),
         "at": at,
         "service": service[:64],
-        "model": raw.get("model"),
-        "version": raw.get("version"),
+        "model": text("model", 128),
+        "version": text("version", 64),
         "input": raw.get("input"),
         "output": raw.get("output"),
-        "latency_ms": float(latency) if isinstance(latency, (int, float)) else None,
+        "latency_ms": jsonable(float(latency)) if isinstance(latency, (int, float)) else None,
         "extra": raw.get("extra"),
     }
     for name in fields:
-        value = raw.get(name)
-        row[name] = "" if value is None and name == "kind" else value
+        row[name] = (text(name, 64) or "") if name == "kind" else raw.get(name)
     return row
 
 

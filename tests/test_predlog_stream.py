@@ -97,6 +97,9 @@ def test_records_are_stream_entries_that_decode_to_rows(server: RedisServer) -> 
         decode_record(b"{nope")
     with pytest.raises(ValueError, match="service"):
         decode_record(b'{"at": 1}')
+    odd = decode_record(b'{"at": 1, "service": "s", "model": [1], "version": 2, "kind": null}',
+                        ["kind"])  # what the table's string columns can hold, whatever came
+    assert (odd["model"], odd["version"], odd["kind"]) == ("[1]", "2", "")
 
 
 def test_redis_down_spools_up_to_the_bound_drops_the_rest_and_drains_later(
@@ -149,4 +152,25 @@ def test_insert_new_stores_each_key_once_and_returns_what_it_inserted(db_url: st
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 3
     table.drop(engine)
+    engine.dispose()
+
+
+def test_the_consumer_skips_a_row_the_db_refuses_and_stores_the_rest(tmp_path: Path) -> None:
+    """A batch the DB refuses for its data (here a NULL service) is stored row by row: the bad
+    row is counted as malformed, the others land, and nothing waits for it."""
+    from patternkit.log_consumer import Consumer, ConsumerSettings
+    from patternkit.service import ServiceState
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    cfg = ConsumerSettings(log_redis_url="redis://127.0.0.1:1/0", database_url=url,
+                           log_prefix="unit")
+    engine = make_engine(url)
+    consumer = Consumer(cfg, ServiceState(cfg), engine)
+    create_tables(engine, consumer.metadata)
+    good = decode_record(b'{"at": 1, "service": "s", "request_id": "a", "kind": "x"}', ["kind"])
+    bad = {**good, "request_id": "b", "service": None}
+    with pytest.raises(sa.exc.IntegrityError):
+        consumer._store([good, bad])
+    assert consumer._store_each([good, bad, {**good, "request_id": "c"}]) == (2, 1)
+    assert consumer._store_each([good]) == (0, 0)  # stored already: a duplicate, not refused
     engine.dispose()
