@@ -78,6 +78,7 @@ ROLES: dict[str, str] = {
     "simulator": "seeded simulated users: their requests and their conversions (demos, tests)",
     "monitor": "evaluates rules over windows of the prediction log and posts alerts",
     "sink": "receives alerts (a webhook receiver) and lists them",
+    "consumer": "reads a queue or stream (a consumer group) and writes what it reads to a store",
 }
 
 

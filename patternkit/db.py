@@ -104,6 +104,21 @@ def upsert(
     return len(batch)
 
 
+def insert_new(
+    conn: sa.Connection, table: sa.Table, rows: Iterable[Mapping[str, Any]], key: Sequence[str]
+) -> int:
+    """Insert the `rows` whose `key` (a unique constraint's columns) is not in `table` yet and
+    skip the others (`ON CONFLICT DO NOTHING`); returns how many were inserted (RETURNING),
+    so a caller counts the duplicates it skipped. Rows repeating a key within `rows` count
+    once."""
+    batch = [dict(r) for r in rows]
+    if not batch:
+        return 0
+    stmt = _insert(conn.dialect.name, table).on_conflict_do_nothing(index_elements=list(key))
+    pk = next(iter(table.primary_key.columns))
+    return len(conn.execute(stmt.returning(pk), batch).all())
+
+
 def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
     """Create the tables (and indexes) of `metadata` that are missing, safely when other
     processes do the same at the same moment.

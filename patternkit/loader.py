@@ -45,7 +45,7 @@ from patternkit.faults import Faults
 from patternkit.model_repository import LATEST, NAME_RE, VERSION_RE
 from patternkit.models import DEFAULT_DOMAIN, MANIFEST_FILE, MODEL_FILE, ModelError, OnnxModel
 from patternkit.oip import add_oip_routes
-from patternkit.predictor import ModelSlot, Resources, add_predict_route
+from patternkit.predictor import ModelSlot, Resources, add_predict_route, prediction_log
 from patternkit.proxy import error_message, failure_cause
 from patternkit.service import ApiError, ServiceState, background, create_service, json_response
 from patternkit.settings import PredictorSettings
@@ -528,8 +528,8 @@ def create_loading_app(
         slot = ModelSlot()
         loader = ModelLoader(cfg, state, slot, on_load)
         try:
-            async with background(loader.startup()):
-                yield {"model": slot, "loader": loader}
+            async with background(loader.startup()), prediction_log(cfg, state) as plog:
+                yield {"model": slot, "loader": loader, "plog": plog}
         finally:
             await loader.aclose()
 
@@ -537,7 +537,7 @@ def create_loading_app(
         cfg, title=f"{cfg.service_name} (predictor, model from a repository)",
         lifespan=lifespan, auto_ready=False,
     )
-    add_predict_route(app, faults, cfg.max_batch_rows)
+    add_predict_route(app, faults, cfg.max_batch_rows, log=bool(cfg.prediction_log_url))
     add_oip_routes(app, faults, cfg.max_batch_rows)
     add_admin_routes(app)
     return app

@@ -7,7 +7,9 @@ and the same model over the Open Inference Protocol v2 (`/v2/...`, `patternkit.o
 With MODEL_REPO_URL it downloads the model MODEL_NAME and MODEL_VERSION name instead and can
 swap it at runtime (`patternkit.loader`, O2); with BUNDLE_MANIFEST its model is checked to be
 the one of the bundle it was unpacked from (`patternkit.bundle`, O1). Patterns that need
-another model-backed endpoint reuse `add_predict_route`.
+another model-backed endpoint reuse `add_predict_route`. With PREDICTION_LOG_URL every
+/predict answer is also a record of the prediction log (`patternkit.predlog`: a Redis stream
+or a table), off the request path (O4).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 from patternkit.faults import Faults, InjectedFault
 from patternkit.models import ModelError, OnnxModel
 from patternkit.oip import add_oip_routes
+from patternkit.predlog import PredictionLog, log_columns
 from patternkit.schemas import PREDICT_OPENAPI, PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
@@ -47,6 +51,27 @@ log = logging.getLogger("patternkit.predictor")
 
 class Resources(TypedDict):
     model: ModelSlot
+    plog: NotRequired[PredictionLog | None]  # PREDICTION_LOG_URL's log (the template)
+
+
+@asynccontextmanager
+async def prediction_log(
+    cfg: PredictorSettings, state: ServiceState
+) -> AsyncIterator[PredictionLog | None]:
+    """The log of every prediction PREDICTION_LOG_URL names (None without it): a record per
+    /predict (rows, labels, probabilities, model, version, time in the model) of kind
+    `prediction`, its counts on /metrics and under `prediction_log` on /stats."""
+    if not cfg.prediction_log_url:
+        yield None
+        return
+    async with PredictionLog(
+        cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
+        max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
+        stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry, columns=log_columns(),
+    ) as plog:
+        state.metrics.computed("prediction_log", plog.stats)
+        state.metadata["prediction_log"] = {"sink": plog.sink, "target": plog.stream}
+        yield plog
 
 
 def parse_batch(body: bytes, n_features: int, max_rows: int) -> tuple[np.ndarray, str | None]:
@@ -97,9 +122,10 @@ def add_predict_route(
     max_rows: int,
     path: str = "/predict",
     slot: str = "model",
+    log: bool = False,
 ) -> None:
     """Register the shared `/predict` endpoint on `app` for the model in the lifespan state's
-    `slot` (a `ModelSlot`)."""
+    `slot` (a `ModelSlot`); with `log`, each answer is recorded in the state's `plog`."""
     state: ServiceState = app.state.service
 
     async def predict(request: Request) -> Response:
@@ -109,7 +135,18 @@ def add_predict_route(
             raise ApiError(503, f"{state.served_by} has no model loaded{why}", "not_ready")
         X, rid = parse_batch(await request.body(), model.n_features, max_rows)
         await apply_faults(faults)
-        return json_response(model.answer(X, state.served_by, rid or request_id(request)))
+        if not log:
+            return json_response(model.answer(X, state.served_by, rid or request_id(request)))
+        began = time.perf_counter()
+        out = model.answer(X, state.served_by, rid or request_id(request))
+        plog: PredictionLog | None = request.state.plog
+        if plog is not None:  # an O(1) append; the rows as sent (float32 widened, rounded)
+            plog.record(X.astype(np.float64).round(6), {
+                "prediction": out["prediction"], "probabilities": out["probabilities"]},
+                model=out["model"], version=out["version"], request_id=out["request_id"],
+                latency_ms=round((time.perf_counter() - began) * 1000, 3),
+                fields={"kind": "prediction"}, extra={"served_by": state.served_by})
+        return json_response(out)
 
     add_fast_route(
         app, path, predict, ["POST"],
@@ -168,12 +205,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         slot = ModelSlot()
-        async with background(load(state, slot)):
-            yield {"model": slot}
+        async with background(load(state, slot)), prediction_log(cfg, state) as plog:
+            yield {"model": slot, "plog": plog}
 
     app = create_service(
         cfg, title=f"{cfg.service_name} (predictor)", lifespan=lifespan, auto_ready=False
     )
-    add_predict_route(app, faults, cfg.max_batch_rows)
+    add_predict_route(app, faults, cfg.max_batch_rows, log=bool(cfg.prediction_log_url))
     add_oip_routes(app, faults, cfg.max_batch_rows)
     return app

@@ -13,6 +13,16 @@ as dropped. At shutdown the rest is flushed within a deadline, and what is left 
 A pattern that queries its log by more than the request id (an A/B test groups by variant and
 phase) declares typed `columns` beside the standard ones and passes their values per record as
 `fields`.
+
+The writer's target is chosen by the URL. A SQL URL (`{db.url}`) writes the table itself; a
+`redis://` URL (`{redis.url}`) appends each record to the Redis Stream `<prefix>_prediction_log`
+(one pipelined XADD per batch, `MAXLEN ~ stream_maxlen`), and `patternkit.log_consumer` moves
+the stream into the same table through a consumer group, idempotently by `LOG_KEY`. Either
+way the bounded buffer is the local spool: while the sink is down records wait there and are
+written once it is back; beyond `max_buffer` they are dropped and counted (`buffer_full`),
+so memory stays flat and `record` never waits. `log_columns()` adds the `kind` column
+(`latency`, `prediction`, `event.<name>`) of the streamed log, whose rows are unique by
+(request id, service, kind); `encode_record` / `decode_record` are the stream's entry format.
 """
 
 from __future__ import annotations
@@ -30,8 +40,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import orjson
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from patternkit.db import ROW_ID, create_tables, make_engine, show_url
 
@@ -41,6 +55,20 @@ DROP_REASONS = ("buffer_full", "shutdown")
 STANDARD_COLUMNS = frozenset({"id", "request_id", "at", "service", "model", "version", "input",
                               "output", "latency_ms", "extra"})
 MAX_RETRY_S = 5.0
+STREAM_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_KEY = ("request_id", "service", "kind")  # what makes a streamed row unique
+STREAM_FIELD = b"r"  # the one field of a stream entry: the record as JSON
+
+
+def is_stream_url(url: object) -> bool:
+    """Whether a log URL names a Redis Stream (else it is a database)."""
+    return isinstance(url, str) and url.startswith(STREAM_SCHEMES)
+
+
+def log_columns() -> list[sa.Column[Any]]:
+    """The streamed log's extra column: what a row records (`latency`, `prediction`,
+    `event.<name>`); part of `LOG_KEY`. New Column objects on every call."""
+    return [sa.Column("kind", sa.String(64), nullable=False, server_default="")]
 
 
 class Prediction(NamedTuple):
@@ -59,13 +87,17 @@ class Prediction(NamedTuple):
 
 
 def prediction_table(
-    prefix: str, metadata: sa.MetaData | None = None, columns: Iterable[sa.Column[Any]] = ()
+    prefix: str, metadata: sa.MetaData | None = None, columns: Iterable[sa.Column[Any]] = (),
+    unique: Sequence[str] = (),
 ) -> sa.Table:
     """The table `<prefix>_prediction_log`; the prefix (a pattern's name) keeps patterns that
     share one database apart. `columns` (new Column objects: a column belongs to one table)
-    are added after the standard ones."""
+    are added after the standard ones; `unique` names columns whose values together are
+    unique (the streamed log's `LOG_KEY`, which makes its consumer idempotent)."""
     if not prefix.isidentifier() or prefix != prefix.lower():
         raise ValueError(f"the table prefix must be a lower-case identifier, not {prefix!r}")
+    constraints = [sa.UniqueConstraint(*unique, name=f"uq_{prefix}_prediction_log_key")
+                   ] if unique else []
     return sa.Table(
         f"{prefix}_prediction_log",
         metadata if metadata is not None else sa.MetaData(),
@@ -80,7 +112,15 @@ def prediction_table(
         sa.Column("latency_ms", sa.Float, nullable=True),
         sa.Column("extra", sa.JSON, nullable=True),
         *columns,
+        *constraints,
     )
+
+
+def stream_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """The table a streamed log lands in: the standard columns, `kind`, unique by `LOG_KEY`
+    (what `patternkit.log_consumer` writes and `read_predictions(..., columns=log_columns())`
+    reads)."""
+    return prediction_table(prefix, metadata, log_columns(), unique=LOG_KEY)
 
 
 def jsonable(value: Any) -> Any:
@@ -116,6 +156,47 @@ def _row(p: Prediction, fields: Iterable[str] = ()) -> dict[str, Any]:
     }
 
 
+def encode_record(p: Prediction, fields: Iterable[str] = ()) -> bytes:
+    """One record as a stream entry's JSON (`at` as Unix seconds); `decode_record` reverses."""
+    row = {str(k): v for k, v in _row(p, fields).items()}  # column names are str subclasses
+    row["at"] = p.at
+    return orjson.dumps(row)
+
+
+def decode_record(data: bytes, fields: Iterable[str] = ()) -> dict[str, Any]:
+    """A stream entry's JSON as a table row; a ValueError names what is wrong with it."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    try:
+        at = datetime.fromtimestamp(float(raw["at"]), UTC)
+        service = str(raw["service"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"no valid `at` and `service` ({type(exc).__name__}: {exc})") from None
+    def text(name: str, limit: int) -> str | None:  # a string column gets a string or NULL
+        value = raw.get(name)
+        return None if value is None else str(value)[:limit]
+
+    latency = raw.get("latency_ms")
+    row: dict[str, Any] = {
+        "request_id": text("request_id", 128),
+        "at": at,
+        "service": service[:64],
+        "model": text("model", 128),
+        "version": text("version", 64),
+        "input": raw.get("input"),
+        "output": raw.get("output"),
+        "latency_ms": jsonable(float(latency)) if isinstance(latency, (int, float)) else None,
+        "extra": raw.get("extra"),
+    }
+    for name in fields:
+        row[name] = (text(name, 64) or "") if name == "kind" else raw.get(name)
+    return row
+
+
 def read_predictions(
     engine: sa.Engine,
     prefix: str,
@@ -124,14 +205,16 @@ def read_predictions(
     services: Sequence[str] | None = None,
     request_ids: Sequence[str] | None = None,
     limit: int = 10_000,
+    columns: Iterable[sa.Column[Any]] = (),
 ) -> list[dict[str, Any]]:
     """The newest `limit` rows of `<prefix>_prediction_log` that match, oldest first.
 
     `since` keeps rows recorded at or after it (a naive datetime is taken as UTC), `services`
     and `request_ids` those of the services and requests named. Each row is a dict of the
-    table's columns, `at` timezone-aware (UTC); before anything was written, there are none.
+    table's columns (and of the extra `columns` given, e.g. `log_columns()`), `at`
+    timezone-aware (UTC); before anything was written, there are none.
     """
-    table = prediction_table(prefix)
+    table = prediction_table(prefix, columns=columns)
     if not sa.inspect(engine).has_table(table.name):
         return []
     stmt = sa.select(table).order_by(table.c.id.desc()).limit(limit)
@@ -143,7 +226,8 @@ def read_predictions(
     if request_ids is not None:
         stmt = stmt.where(table.c.request_id.in_(list(request_ids)))
     with engine.connect() as conn:
-        found = [dict(r) for r in conn.execute(stmt).mappings()]
+        # plain str keys: column names are str subclasses, which orjson refuses as keys
+        found = [{str(k): v for k, v in r.items()} for r in conn.execute(stmt).mappings()]
     found.reverse()
     for row in found:  # SQLite hands back naive datetimes: they were stored as UTC
         if row["at"].tzinfo is None:
@@ -175,14 +259,27 @@ class PredictionLog:
         shutdown_timeout_s: float = 5.0,
         registry: CollectorRegistry | None = None,
         columns: Iterable[sa.Column[Any]] = (),
+        stream_maxlen: int = 100_000,
+        redis_timeout_ms: int = 1000,
+        max_retry_s: float = MAX_RETRY_S,
     ) -> None:
-        if max_buffer < 1 or batch_size < 1 or interval_s <= 0:
-            raise ValueError("max_buffer and batch_size must be >= 1, interval_s > 0")
+        if max_buffer < 1 or batch_size < 1 or interval_s <= 0 or stream_maxlen < 1:
+            raise ValueError("max_buffer, batch_size and stream_maxlen must be >= 1, "
+                             "interval_s > 0")
         self._url = url
         self.prefix = prefix
         self.engine: sa.Engine | None = url if isinstance(url, sa.Engine) else None
         self.metadata = sa.MetaData()
         self.table = prediction_table(prefix, self.metadata, columns)
+        # a redis:// URL: records go to the stream named like the table (logconsumer moves
+        # them into it); any other URL (or an engine): into the table itself
+        self.streaming = is_stream_url(url)
+        self.sink = "redis_stream" if self.streaming else "sql"
+        self.stream = self.table.name
+        self.stream_maxlen = stream_maxlen
+        self.redis_timeout_ms = redis_timeout_ms
+        self.max_retry_s = max_retry_s
+        self.redis: Redis | None = None
         self._fields = {c.name for c in self.table.columns} - STANDARD_COLUMNS
         self.service = service
         self.max_buffer = max_buffer
@@ -247,6 +344,8 @@ class PredictionLog:
         """What a service shows in /stats: written, dropped (by reason), buffered, errors."""
         dropped = {reason: _total(self._dropped, reason=reason) for reason in DROP_REASONS}
         return {
+            "sink": self.sink,
+            "target": self.stream if self.streaming else self.table.name,
             "written": _total(self._written),
             "dropped": sum(dropped.values()),
             "dropped_by_reason": dropped,
@@ -266,6 +365,9 @@ class PredictionLog:
     ) -> list[dict[str, Any]]:
         """`read_predictions` of this log after a flush, so what was recorded so far is in it
         (unless the database refuses the flush: then only what it holds). Off the event loop."""
+        if self.streaming:
+            raise RuntimeError(f"{self.stream} is a stream: read the table its consumer "
+                               "writes (patternkit.log_consumer) with read_predictions")
         if self.engine is None:
             raise RuntimeError("the prediction log is not started")
         await self.flush()
@@ -275,6 +377,25 @@ class PredictionLog:
         )
 
     # -- the writer -------------------------------------------------------------------------
+
+    async def _append(self, batch: list[Prediction]) -> None:
+        """Append one batch to the stream: one pipelined round trip of XADDs (MAXLEN ~).
+
+        A connection lost mid-batch leaves some entries in the stream and the whole batch in
+        the buffer, so they are sent again: the consumer's unique key makes that harmless.
+        """
+        assert self.redis is not None
+        pipe = self.redis.pipeline(transaction=False)
+        for p in batch:
+            pipe.xadd(self.stream, {STREAM_FIELD: encode_record(p, self._fields)},
+                      maxlen=self.stream_maxlen, approximate=True)
+        await pipe.execute()
+
+    async def _send(self, batch: list[Prediction]) -> None:
+        if self.streaming:
+            await self._append(batch)
+        else:
+            await asyncio.to_thread(self._write, batch)
 
     def _write(self, batch: list[Prediction]) -> None:
         """Write one batch in one transaction (in a worker thread)."""
@@ -294,13 +415,13 @@ class PredictionLog:
                 if not batch:
                     return True
                 try:
-                    await asyncio.to_thread(self._write, batch)
-                except Exception as exc:  # the database is down, locked or refusing
+                    await self._send(batch)
+                except Exception as exc:  # the database or Redis is down, locked or refusing
                     self._errors.inc()
                     self._last_error = f"{type(exc).__name__}: {exc}"[:500]
                     if not self._failing:
                         log.warning("prediction log: cannot write to %s (%s); records stay "
-                                    "buffered", self.table.name, self._last_error)
+                                    "buffered", self.stats()["target"], self._last_error)
                     self._failing = True
                     return False
                 with self._lock:  # only record() appends meanwhile, at the other end
@@ -308,7 +429,7 @@ class PredictionLog:
                         self._buffer.popleft()
                 self._written.inc(len(batch))
                 if self._failing:
-                    log.warning("prediction log: writing to %s again", self.table.name)
+                    log.warning("prediction log: writing to %s again", self.stats()["target"])
                     self._failing = False
 
     async def _run(self) -> None:
@@ -322,9 +443,21 @@ class PredictionLog:
             ok = await self.flush()
             if last:
                 return
-            delay = self.interval_s if ok else min(delay * 2, max(MAX_RETRY_S, self.interval_s))
+            delay = self.interval_s if ok else min(delay * 2,
+                                                   max(self.max_retry_s, self.interval_s))
 
     async def start(self) -> None:
+        if self.streaming:
+            assert isinstance(self._url, str)
+            timeout = self.redis_timeout_ms / 1000  # one bounded attempt: the spool retries
+            self.redis = Redis.from_url(self._url, socket_connect_timeout=timeout,
+                                        socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name=f"predlog-{self.stream}")
+            where = self.redis.connection_pool.connection_kwargs
+            log.info("prediction log: stream %s at %s:%s", self.stream, where.get("host"),
+                     where.get("port"))
+            return
         if self.engine is None:
             assert isinstance(self._url, str)
             url = self._url
@@ -356,6 +489,9 @@ class PredictionLog:
             log.warning("prediction log: %d records not written at shutdown", left)
         if self.engine is not None and not isinstance(self._url, sa.Engine):
             self.engine.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
 
     async def __aenter__(self) -> PredictionLog:
         await self.start()

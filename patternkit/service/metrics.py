@@ -113,6 +113,11 @@ class Metrics:
         """Show one labelled child (e.g. `calls.labels("stage1")`) at the `stat` path."""
         self._views.append((tuple(stat.split(".")), lambda: _number(child._value.get())))
 
+    def computed(self, stat: str, read: Callable[[], Any]) -> None:
+        """Show what `read()` returns at the `stat` path, read on every /stats (e.g. a
+        `PredictionLog.stats`, whose counts are on this registry already)."""
+        self._views.append((tuple(stat.split(".")), read))
+
     def stats(self) -> dict[str, Any]:
         """Every declared `stat`, read now from the registry, nested by its dotted path."""
         out: dict[str, Any] = {}
