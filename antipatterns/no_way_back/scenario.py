@@ -7,7 +7,9 @@ path and reloaded; on the fix, the alias `champion` moved to 1.1.0 and the predi
 load it. Every reply stays a 200 while the accuracy collapses. Recovery: the fix calls
 `POST /admin/rollback` once, under traffic; the in-place server answers that call with a 409,
 so its operator retrains 1.0.0 from scratch (a new process: data, code, libraries), copies
-it over the path and reloads, while the bad model keeps serving. Both times are measured.
+it over the path and reloads, while the bad model keeps serving. Both times are measured,
+and one paced caller per stack records what was served over the whole incident: the picture
+`recovery.png` (the accuracy of the served version, second by second).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from antipatterns.no_way_back.trainer import ALIAS, BAD, GOOD, NAME, holdout
+from patternkit import charts
 from patternkit.client import Client, Sent, Traffic
 from patternkit.models import MANIFEST_FILE, MODEL_FILE
 from patternkit.topology import Stack
+
+PACED_REPLIES = 15  # replies of a paced caller (one per ~50 ms) between two steps
 
 
 @dataclass
@@ -57,6 +62,15 @@ class Incident:
     in_place: Recovery | None = None
     in_place_rollback: dict[str, Any] = field(default_factory=dict)  # the 409's body
     files_after_deploy: list[str] = field(default_factory=list)  # what the one path holds
+    timeline: dict[str, list[Sent]] = field(default_factory=dict)  # a paced caller per stack
+    marks: dict[str, float] = field(default_factory=dict)  # monotonic times of the steps
+
+    def served_accuracy(self, stack: str, version: str | None) -> float | None:
+        """The held-out accuracy of the version that answered (None: no answer)."""
+        for phase in ("before", "bad"):
+            if self.versions[stack][phase] == version:
+                return self.accuracy[stack][phase]
+        return None
 
 
 def score(client: Client, stack: str, phase: str, found: Incident) -> None:
@@ -112,42 +126,70 @@ def incident(stack: Stack) -> Incident:
             Client(stack.url("repository")) as repository:
         for name, client in (("versioned", fixed), ("in-place", in_place)):
             score(client, name, "before", found)
-        # the bad model goes out on both, the way each stack deploys
-        found.deploys["in-place"] = deploy_in_place(candidates / f"{NAME}-{BAD}", model_path,
-                                                    in_place)
-        found.files_after_deploy = sorted(p.name for p in model_path.iterdir())
-        found.deploys["versioned"] = deploy_versioned(BAD, repository, fixed)
-        for name, client in (("versioned", fixed), ("in-place", in_place)):
-            score(client, name, "bad", found)
-            found.bad_statuses[name] = client.post("/predict", json={"data": [[5.1, 3.5, 1.4,
-                                                                             0.2]]}).status_code
-
-        # the fix: one call, under traffic
-        with under_traffic(stack.url("predictor")) as traffic:
-            traffic.wait_for(3)
-            began = time.monotonic()
-            resp = fixed.post("/admin/rollback", timeout=60)
-            took = time.monotonic() - began
-            traffic.wait_for(3, since=began + took)
-        body = resp.json()
-        found.fixed = Recovery(took, resp.status_code,
-                               f"{body.get('previous')} -> {body.get('version')}"
-                               if resp.status_code == 200 else body.get("message", ""),
-                               traffic.sent())
-        score(fixed, "versioned", "after", found)
-
-        # the antipattern: the same call has nothing to go back to; retrain from scratch
-        refused = in_place.post("/admin/rollback")
-        found.in_place_rollback = {"status": refused.status_code, **refused.json()}
-        with under_traffic(stack.url("inplace_predictor")) as traffic:
-            traffic.wait_for(3)
-            began = time.monotonic()
-            said = retrain_and_redeploy(model_path, in_place)
-            took = time.monotonic() - began
-            traffic.wait_for(3, since=began + took)
-        found.in_place = Recovery(took, refused.status_code, said, traffic.sent())
-        score(in_place, "in-place", "after", found)
+        X, _ = holdout()
+        paced = {name: Traffic(f"{stack.url(svc)}/predict", {"data": X[:5]}, senders=1,
+                               interval_s=0.05)
+                 for name, svc in (("versioned", "predictor"), ("in-place", "inplace_predictor"))}
+        for traffic in paced.values():
+            traffic.__enter__()
+        try:
+            timed_incident(stack, found, paced, fixed, in_place, repository, model_path,
+                           candidates)
+        finally:
+            for name, traffic in paced.items():
+                traffic.stop()
+                found.timeline[name] = traffic.sent()
     return found
+
+
+def timed_incident(stack: Stack, found: Incident, paced: dict[str, Traffic], fixed: Client,
+                   in_place: Client, repository: Client, model_path: Path,
+                   candidates: Path) -> None:
+    """Deploy the bad model on both, then recover each the way it can, timing every step;
+    the paced callers get a few replies between the steps, so the timeline shows each."""
+    for traffic in paced.values():
+        traffic.wait_for(PACED_REPLIES)
+    found.marks["deploy"] = time.monotonic()
+    # the bad model goes out on both, the way each stack deploys
+    found.deploys["in-place"] = deploy_in_place(candidates / f"{NAME}-{BAD}", model_path,
+                                                in_place)
+    found.files_after_deploy = sorted(p.name for p in model_path.iterdir())
+    found.deploys["versioned"] = deploy_versioned(BAD, repository, fixed)
+    for name, client in (("versioned", fixed), ("in-place", in_place)):
+        score(client, name, "bad", found)
+        found.bad_statuses[name] = client.post("/predict", json={"data": [[5.1, 3.5, 1.4,
+                                                                         0.2]]}).status_code
+
+    # the fix: one call, under traffic
+    with under_traffic(stack.url("predictor")) as traffic:
+        traffic.wait_for(3)
+        paced["versioned"].wait_for(PACED_REPLIES, since=found.marks["deploy"])
+        began = found.marks["rollback"] = time.monotonic()
+        resp = fixed.post("/admin/rollback", timeout=60)
+        took = time.monotonic() - began
+        found.marks["rolled_back"] = began + took
+        traffic.wait_for(3, since=began + took)
+    body = resp.json()
+    found.fixed = Recovery(took, resp.status_code,
+                           f"{body.get('previous')} -> {body.get('version')}"
+                           if resp.status_code == 200 else body.get("message", ""),
+                           traffic.sent())
+    score(fixed, "versioned", "after", found)
+
+    # the antipattern: the same call has nothing to go back to; retrain from scratch
+    refused = in_place.post("/admin/rollback")
+    found.in_place_rollback = {"status": refused.status_code, **refused.json()}
+    with under_traffic(stack.url("inplace_predictor")) as traffic:
+        traffic.wait_for(3)
+        began = found.marks["retrain"] = time.monotonic()
+        said = retrain_and_redeploy(model_path, in_place)
+        took = time.monotonic() - began
+        found.marks["retrained"] = began + took
+        traffic.wait_for(3, since=began + took)
+    found.in_place = Recovery(took, refused.status_code, said, traffic.sent())
+    score(in_place, "in-place", "after", found)
+    for traffic in paced.values():
+        traffic.wait_for(PACED_REPLIES, since=found.marks["retrained"])
 
 
 def rows_of(found: Incident) -> list[dict[str, Any]]:
@@ -180,7 +222,8 @@ def rows_of(found: Incident) -> list[dict[str, Any]]:
          "detail": f"{refused.get('error')}: {str(refused.get('message'))[:90]}..."},
         {"stack": "in-place", "step": "retrain from scratch + redeploy", "status": "200",
          "accuracy": pct("in-place", "after"),
-         "detail": f"{found.in_place.seconds:.2f}s; {found.in_place.served(BAD)} of "
+         "detail": f"{found.in_place.seconds:.2f}s ({found.in_place.message}); "
+                   f"{found.in_place.served(BAD)} of "
                    f"{len(found.in_place.sent)} requests meanwhile answered by {BAD}, "
                    f"{found.in_place.failed} failed"},
         {"stack": "both", "step": "time to recover", "status": "-", "accuracy": "-",
@@ -189,5 +232,44 @@ def rows_of(found: Incident) -> list[dict[str, Any]]:
     ]
 
 
+PICTURE = "recovery.png"
+
+
+def draw(found: Incident) -> Any:
+    """The accuracy of the model each stack served, request by request, over the incident."""
+    assert found.fixed is not None and found.in_place is not None
+    fig, panels = charts.figure("One bad model, two ways back: accuracy of the served model",
+                                heights=(1.7, 1.7))
+    t0 = found.marks["deploy"]
+    spans = {"versioned": (found.marks["rollback"], found.marks["rolled_back"],
+                           f"POST /admin/rollback: {found.fixed.seconds:.3f}s"),
+             "in-place": (found.marks["retrain"], found.marks["retrained"],
+                          f"rollback 409; retrain from scratch + redeploy: "
+                          f"{found.in_place.seconds:.1f}s")}
+    for ax, stack in zip(panels, ("versioned", "in-place"), strict=True):
+        sent = found.timeline[stack]
+        xs = [s.ended - t0 for s in sent]
+        ys = [found.served_accuracy(stack, s.version) for s in sent]
+        ok = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        bad = [x for x, y in zip(xs, ys, strict=True) if y is None]
+        ax.step([x for x, _ in ok], [y for _, y in ok], where="post", lw=2,
+                color=charts.COLORS["answer"], label="accuracy of the version that answered")
+        if bad:
+            ax.plot(bad, [0.0] * len(bad), "x", color=charts.COLORS["error"], label="failed")
+        start, end, what = spans[stack]
+        ax.axvspan(0, end - t0, color=charts.COLORS["error"], alpha=0.08,
+                   label=f"serving {BAD} (shuffled labels)")
+        ax.axvspan(start - t0, max(end - t0, start - t0 + 0.05), color=charts.COLORS["half_open"],
+                   alpha=0.3, label=what)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{stack}\naccuracy", fontsize=8)
+        ax.legend(fontsize=7, loc="center right")
+    panels[-1].set_xlabel("seconds since the bad model was deployed (every reply a 200)",
+                          fontsize=8)
+    return fig
+
+
 def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
-    return rows_of(incident(stack))
+    found = incident(stack)
+    charts.picture((out or stack.run_dir) / PICTURE, lambda: draw(found))
+    return rows_of(found)

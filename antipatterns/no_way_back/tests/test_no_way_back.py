@@ -73,6 +73,8 @@ def test_the_fix_rolls_back_in_one_call_to_the_same_predictions_with_zero_failur
     went_back = sum((a, b) == (GOOD, BAD) for v in by_sender.values()
                     for a, b in itertools.pairwise(v))
     assert went_back == 0
+    timeline = found.timeline["versioned"]  # a paced caller over the whole incident
+    assert len(timeline) > 20 and all(s.status == 200 for s in timeline)
     print(f"rollback: {fixed.message} in {fixed.seconds:.3f}s, {len(fixed.sent)} requests, "
           f"{fixed.failed} failed")
     with Client(stack.url("repository")) as repository:
