@@ -39,14 +39,22 @@ class Recovery:
     seconds: float
     status: int  # of the rollback call
     message: str
-    sent: list[Sent] = field(default_factory=list)  # the traffic during the recovery
+    sent: list[Sent] = field(default_factory=list)  # the traffic around the recovery
+    began: float = 0.0  # monotonic
+    ended: float = 0.0
+
+    @property
+    def during(self) -> list[Sent]:
+        """The requests in flight while the recovery ran."""
+        return [s for s in self.sent if s.started < self.ended and s.ended > self.began]
 
     @property
     def failed(self) -> int:
         return sum(1 for s in self.sent if s.status != 200)
 
     def served(self, version: str) -> int:
-        return sum(1 for s in self.sent if s.version == version)
+        """Requests answered by `version` while the recovery ran."""
+        return sum(1 for s in self.during if s.version == version)
 
 
 @dataclass
@@ -173,7 +181,7 @@ def timed_incident(stack: Stack, found: Incident, paced: dict[str, Traffic], fix
     found.fixed = Recovery(took, resp.status_code,
                            f"{body.get('previous')} -> {body.get('version')}"
                            if resp.status_code == 200 else body.get("message", ""),
-                           traffic.sent())
+                           traffic.sent(), began, began + took)
     score(fixed, "versioned", "after", found)
 
     # the antipattern: the same call has nothing to go back to; retrain from scratch
@@ -186,7 +194,8 @@ def timed_incident(stack: Stack, found: Incident, paced: dict[str, Traffic], fix
         took = time.monotonic() - began
         found.marks["retrained"] = began + took
         traffic.wait_for(3, since=began + took)
-    found.in_place = Recovery(took, refused.status_code, said, traffic.sent())
+    found.in_place = Recovery(took, refused.status_code, said, traffic.sent(), began,
+                              began + took)
     score(in_place, "in-place", "after", found)
     for traffic in paced.values():
         traffic.wait_for(PACED_REPLIES, since=found.marks["retrained"])
@@ -216,16 +225,16 @@ def rows_of(found: Incident) -> list[dict[str, Any]]:
         {"stack": "versioned", "step": "POST /admin/rollback",
          "status": str(found.fixed.status), "accuracy": pct("versioned", "after"),
          "detail": f"{found.fixed.message} in {found.fixed.seconds:.3f}s; "
-                   f"{len(found.fixed.sent)} requests meanwhile, {found.fixed.failed} failed"},
+                   f"{len(found.fixed.sent)} requests around it, "
+                   f"{len(found.fixed.during)} in flight during it, {found.fixed.failed} failed"},
         {"stack": "in-place", "step": "POST /admin/rollback", "status": str(refused["status"]),
          "accuracy": pct("in-place", "bad"),
          "detail": f"{refused.get('error')}: {str(refused.get('message'))[:90]}..."},
         {"stack": "in-place", "step": "retrain from scratch + redeploy", "status": "200",
          "accuracy": pct("in-place", "after"),
          "detail": f"{found.in_place.seconds:.2f}s ({found.in_place.message}); "
-                   f"{found.in_place.served(BAD)} of "
-                   f"{len(found.in_place.sent)} requests meanwhile answered by {BAD}, "
-                   f"{found.in_place.failed} failed"},
+                   f"{found.in_place.served(BAD)} of {len(found.in_place.during)} "
+                   f"requests meanwhile answered by {BAD}, {found.in_place.failed} failed"},
         {"stack": "both", "step": "time to recover", "status": "-", "accuracy": "-",
          "detail": f"rollback {found.fixed.seconds:.3f}s vs retrain {found.in_place.seconds:.2f}s"
                    f": {ratio:.0f}x"},

@@ -66,7 +66,8 @@ def test_the_fix_rolls_back_in_one_call_to_the_same_predictions_with_zero_failur
     assert fixed.message == f"{BAD} -> {GOOD}"
     assert found.predictions["versioned"]["after"] == found.predictions["versioned"]["before"]
     assert len(fixed.sent) >= 6 and fixed.failed == 0, fixed.sent[:3]
-    assert fixed.served(BAD) and fixed.served(GOOD)  # the swap happened under that traffic
+    assert fixed.during, "no request was in flight during the rollback"
+    assert {s.version for s in fixed.sent} == {BAD, GOOD}  # it swapped under that traffic
     by_sender: dict[int, list[str | None]] = {}
     for s in fixed.sent:
         by_sender.setdefault(s.sender, []).append(s.version)
@@ -75,8 +76,8 @@ def test_the_fix_rolls_back_in_one_call_to_the_same_predictions_with_zero_failur
     assert went_back == 0
     timeline = found.timeline["versioned"]  # a paced caller over the whole incident
     assert len(timeline) > 20 and all(s.status == 200 for s in timeline)
-    print(f"rollback: {fixed.message} in {fixed.seconds:.3f}s, {len(fixed.sent)} requests, "
-          f"{fixed.failed} failed")
+    print(f"rollback: {fixed.message} in {fixed.seconds:.3f}s, {len(fixed.sent)} requests "
+          f"around it ({len(fixed.during)} in flight during it), {fixed.failed} failed")
     with Client(stack.url("repository")) as repository:
         alias = repository.get(f"/models/{NAME}/aliases/{ALIAS}").json()
     assert alias["version"] == GOOD  # a restart loads the good one too
@@ -87,7 +88,7 @@ def test_the_fix_recovers_many_times_faster_than_a_retrain(found: Incident) -> N
     ratio = found.in_place.seconds / found.fixed.seconds
     print(f"time to recover: rollback {found.fixed.seconds:.3f}s, retrain + redeploy "
           f"{found.in_place.seconds:.2f}s ({ratio:.0f}x); the in-place server answered "
-          f"{found.in_place.served(BAD)} of {len(found.in_place.sent)} requests with {BAD} "
+          f"{found.in_place.served(BAD)} of {len(found.in_place.during)} requests with {BAD} "
           "meanwhile")
     assert found.in_place.seconds > RATIO * found.fixed.seconds
     assert found.in_place.served(BAD) > 0 and found.in_place.failed == 0
