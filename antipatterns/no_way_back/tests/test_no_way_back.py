@@ -17,9 +17,11 @@ import pytest
 from antipatterns.no_way_back.scenario import Incident, incident
 from antipatterns.no_way_back.trainer import ALIAS, BAD, GOOD, NAME
 from patternkit.client import Client
-from patternkit.models import MANIFEST_FILE
+from patternkit.models import MANIFEST_FILE, MODEL_FILE
+from patternkit.testing import BAD_PREDICT_BODIES, extra_instance, post_body
 from patternkit.topology import Stack
 
+ROW = [6.3, 2.5, 4.9, 1.5]
 RATIO = 5  # the rollback must be at least this many times faster than the retrain
 _INCIDENTS: dict[int, Incident] = {}
 
@@ -125,3 +127,52 @@ def test_rollback_without_a_previous_version_and_bad_alias_calls_name_the_proble
         assert manifest.status_code == 200 and manifest.json()["version"] == GOOD
         assert manifest.headers["cache-control"] == "no-cache"  # an alias moves
         assert predictor.get("/metadata").json()["load"]["alias"] == ALIAS
+
+
+def test_a_pinned_predictor_rolls_back_to_the_version_it_served_before(
+    found: Incident, stack: Stack
+) -> None:
+    """Without an alias, `/admin/rollback` goes back to the version before the last swap;
+    before any swap there is none (409)."""
+    with extra_instance(stack, "predictor", {"MODEL_VERSION": GOOD}) as extra, \
+            Client(extra.url) as pinned:
+        pinned.wait_ready(timeout=60)
+        nothing = pinned.post("/admin/rollback")
+        assert nothing.status_code == 409 and nothing.json()["error"] == "no_previous_version"
+        assert "follows no alias" in nothing.json()["message"]
+        assert pinned.post("/admin/load", json={"version": BAD}).status_code == 200
+        back = pinned.post("/admin/rollback")
+        assert back.status_code == 200, back.text
+        assert (back.json()["previous"], back.json()["version"]) == (BAD, GOOD)
+        assert back.json()["alias"] is None
+        assert pinned.post("/predict", json={"data": [ROW]}).headers["x-model-version"] == GOOD
+
+
+def test_a_half_written_copy_over_the_one_path_cannot_be_loaded(
+    found: Incident, stack: Stack
+) -> None:
+    """The in-place deploy's other hazard: a copy cut short leaves the path holding bytes that
+    match no manifest; the reload is refused (422) and the model in memory keeps serving,
+    the only good copy left."""
+    model_path = Path(stack.proc("inplace_predictor").env["MODEL_PATH"])
+    whole = (model_path / MODEL_FILE).read_bytes()
+    try:
+        (model_path / MODEL_FILE).write_bytes(whole[: len(whole) // 2])
+        with Client(stack.url("inplace_predictor")) as in_place:
+            reload = in_place.post("/admin/reload")
+            assert reload.status_code == 422 and reload.json()["error"] == "unloadable_model"
+            assert "sha256 mismatch" in reload.json()["message"]
+            still = in_place.post("/predict", json={"data": [ROW]})
+            assert still.status_code == 200 and still.headers["x-model-version"] == GOOD
+    finally:
+        (model_path / MODEL_FILE).write_bytes(whole)
+
+
+@pytest.mark.parametrize(("body", "status", "says"), BAD_PREDICT_BODIES)
+def test_both_predictors_refuse_bad_bodies(stack: Stack, body: object, status: int,
+                                           says: str) -> None:
+    for service in ("predictor", "inplace_predictor"):
+        with Client(stack.url(service)) as client:
+            resp = post_body(client, "/predict", body)
+        assert resp.status_code == status, (service, resp.text)
+        assert says in resp.json()["message"], (service, resp.json())
