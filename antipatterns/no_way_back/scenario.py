@@ -29,6 +29,7 @@ from patternkit.client import Client, Sent, Traffic
 from patternkit.models import MANIFEST_FILE, MODEL_FILE
 from patternkit.topology import Stack
 
+PROJECT = Path(__file__).resolve().parents[2]  # where `python -m antipatterns...` resolves
 PACED_REPLIES = 15  # replies of a paced caller (one per ~50 ms) between two steps
 
 
@@ -112,7 +113,7 @@ def retrain_and_redeploy(model_path: Path, server: Client) -> str:
     with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
         done = subprocess.run(
             [sys.executable, "-m", "antipatterns.no_way_back.trainer", "--retrain", "--out", tmp],
-            capture_output=True, text=True, timeout=300, check=True)
+            capture_output=True, text=True, timeout=300, check=True, cwd=PROJECT)
         reload = deploy_in_place(Path(tmp), model_path, server)
     if reload != 200:
         raise RuntimeError(f"the reload after the retrain answered {reload}")

@@ -17,6 +17,7 @@ Once, at start-up (`--repo`, `--inplace`, `--candidates`):
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ ALIAS = "champion"
 SHUFFLE_SEED = 1
 
 
+@functools.cache
 def holdout() -> tuple[list[list[float]], list[int]]:
     """The test split every version is scored on: the rows train_model held out (seed 42)."""
     from sklearn.model_selection import train_test_split
