@@ -45,6 +45,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("OA2", "antipatterns/nobody_knows", "Nobody knows (antipattern)"),
     ("L1", "lifecycle_patterns/train_then_serve", "Train-then-serve"),
     ("L2", "lifecycle_patterns/training_to_serving", "Training-to-serving"),
+    ("LA1", "antipatterns/no_way_back", "No way back (antipattern)"),
 ]
 
 

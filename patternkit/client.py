@@ -208,13 +208,16 @@ class Sent:
 class Traffic:
     """`senders` threads, each sending `body` to `url` one request after another until
     stopped, every reply recorded: to count what callers see while a service changes under
-    them (a model swap, a replica killed). Use as a context manager."""
+    them (a model swap, a replica killed); `interval_s` paces each sender (a timeline that
+    should not load the machine). Use as a context manager."""
 
-    def __init__(self, url: str, body: object, senders: int = 4, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, body: object, senders: int = 4, timeout: float = 10.0,
+                 interval_s: float = 0.0) -> None:
         self.url = url
         self.body = body
         self.senders = senders
         self.timeout = timeout
+        self.interval_s = interval_s
         self._sent: list[Sent] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -255,6 +258,8 @@ class Traffic:
                                 None if resp.status_code == 200 else resp.text[:200])
                 with self._lock:
                     self._sent.append(sent)
+                if self.interval_s:
+                    self._stop.wait(self.interval_s)
 
     def sent(self) -> list[Sent]:
         with self._lock:

@@ -9,7 +9,10 @@ serves it. Until then `/ready` and `/predict` answer 503 with the reason (`/heal
 stays 200); a refused model stays refused, its error on `/ready`, `/metadata` and in the log,
 while an unreachable repository or a version not published yet is retried with a backoff.
 `POST /admin/load` swaps to another version the same way: requests keep being served by the
-old model until the new one is in memory, then the switch is one assignment.
+old model until the new one is in memory, then the switch is one assignment. MODEL_VERSION (or
+a load) may name an alias (`champion`, `patternkit.aliases`) that the repository resolves;
+`POST /admin/rollback` is a rollback in one call: it moves the followed alias back to the
+version before (without an alias: the version served before the last swap) and swaps to it.
 `create_loading_app` is that predictor (`patternkit.predictor.create_app` hands over to it).
 """
 
@@ -39,8 +42,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from patternkit.aliases import ALIAS_RE, is_alias
 from patternkit.faults import Faults
 from patternkit.model_repository import LATEST, NAME_RE, VERSION_RE
 from patternkit.models import DEFAULT_DOMAIN, MANIFEST_FILE, MODEL_FILE, ModelError, OnnxModel
@@ -76,6 +80,10 @@ class RepositoryUnavailable(LoadFailed):
 
 class ModelNotFound(LoadFailed):
     status, error, retry = 404, "model_not_found", True
+
+
+class NoPreviousVersion(LoadFailed):
+    status, error, outcome = 409, "no_previous_version", "refused"
 
 
 class Incompatible(LoadFailed):
@@ -246,11 +254,31 @@ class RepoClient:
             manifest = None
         if not isinstance(manifest, dict) or not manifest.get("sha256"):
             raise RepositoryUnavailable(f"the model repository sent no manifest for {url}")
-        if manifest.get("name") != name or (version != LATEST
-                                            and manifest.get("version") != version):
+        pinned = VERSION_RE.match(version) is not None  # not `latest`, not an alias
+        if manifest.get("name") != name or (pinned and manifest.get("version") != version):
             raise Incompatible(f"asked for {name} {version}, the repository sent the manifest "
                                f"of {manifest.get('name')} {manifest.get('version')}")
         return manifest
+
+    async def alias_back(self, name: str, alias: str) -> dict[str, Any]:
+        """Move `alias` of `name` back to the version it pointed at before (the repository's
+        `POST .../aliases/{alias}/rollback`): its answer, or a LoadFailed naming why not."""
+        url = f"{self.base_url}/models/{name}/aliases/{alias}/rollback"
+        try:
+            async with self.session.post(url) as resp:
+                status, body = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unreachable(url, exc) from None
+        if status == 409:
+            raise NoPreviousVersion(error_message(body))
+        if status == 404:
+            raise ModelNotFound(f"the model repository has no alias {alias} of {name}: "
+                                f"{error_message(body)}")
+        if status != 200:
+            raise RepositoryUnavailable(f"the model repository answered {status} for {url}: "
+                                        f"{error_message(body)}")
+        moved: dict[str, Any] = orjson.loads(body)
+        return moved
 
     async def download(self, manifest: dict[str, Any], root: Path) -> Download:
         """Stream the model file into `root/<name>/<version>/`, hashing every chunk as it
@@ -309,10 +337,17 @@ class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra={"examples": [{"version": "1.1.0"}]})
 
-    version: str = Field(..., pattern=rf"{VERSION_RE.pattern}|^{LATEST}$",
-                         description="X.Y.Z, or `latest`")
+    version: str = Field(..., pattern=rf"{VERSION_RE.pattern}|^{LATEST}$|{ALIAS_RE.pattern}",
+                         description="X.Y.Z, `latest`, or an alias such as `champion`")
     name: str | None = Field(None, pattern=NAME_RE.pattern,
                              description="the model (default: the one being served)")
+
+    @field_validator("version")
+    @classmethod
+    def _not_reserved(cls, version: str) -> str:
+        if VERSION_RE.match(version) is None and version != LATEST and not is_alias(version):
+            raise ValueError(f"{version!r} is a reserved name, not a version or an alias")
+        return version
 
 
 LOAD_EXAMPLE: dict[str, Any] = {
@@ -343,6 +378,7 @@ class ModelLoader:
         self.status: dict[str, Any] = {
             "state": "starting", "repository": cfg.model_repo_url,
             "wanted": {"model": cfg.model_name, "version": cfg.model_version},
+            "alias": cfg.model_version if is_alias(cfg.model_version) else None,
             "serving": None, "loading": None, "error": None, "attempts": 0,
             "last_load": None, "swaps": [],
         }
@@ -472,6 +508,35 @@ class ModelLoader:
                  model.name, model.version, info["download_ms"], info["load_ms"])
         return {"status": "loaded", "previous": previous, **info}
 
+    async def rollback(self) -> dict[str, Any]:
+        """One call back to the previous version: the followed alias moved back in the
+        repository (so a restart loads that version too), then a swap to it; without an alias,
+        a swap to the version served before the last swap. A 409 `no_previous_version` when
+        there is none; the served model stays until the previous one is in memory."""
+        if self.lock.locked():
+            raise ApiError(409, f"a load of {self.status['loading']} is in progress; ask again "
+                           "when it is done", "load_in_progress")
+        served = self.slot.model
+        name = served.name if served is not None else self.cfg.model_name
+        alias: str | None = self.status["alias"]
+        if alias is not None:
+            try:
+                moved = await self.client.alias_back(name, alias)
+            except LoadFailed as exc:
+                self.failed(exc, f"{name}@{alias}")
+                raise ApiError(exc.status, f"cannot roll {name}@{alias} back: {exc}",
+                               exc.error) from None
+            target = str(moved["version"])
+            log.warning("rolling back: %s@%s moved %s -> %s", name, alias, moved["previous"],
+                        target)
+        elif self.status["swaps"]:
+            target = str(self.status["swaps"][-1]["from"])
+        else:
+            raise ApiError(409, f"{name} has not been swapped since this server started and "
+                           "follows no alias: there is no previous version to go back to",
+                           "no_previous_version")
+        return {**await self.swap(name, target), "status": "rolled_back", "alias": alias}
+
     async def aclose(self) -> None:
         await self.client.aclose()
         if self._own_dir:
@@ -494,6 +559,11 @@ def add_admin_routes(app: FastAPI) -> None:
         name = body.name or (served.name if served is not None else found.cfg.model_name)
         return json_response(await found.swap(name, body.version))
 
+    async def roll_back(request: Request) -> Response:
+        """Back to the previous version in one call: the followed alias (MODEL_VERSION, e.g.
+        `champion`) moved back in the repository, then a swap with zero failed requests."""
+        return json_response(await loader_of(request).rollback())
+
     async def load_status(request: Request) -> Response:
         return json_response(loader_of(request).status)
 
@@ -508,6 +578,13 @@ def add_admin_routes(app: FastAPI) -> None:
         200: {"description": "loaded and now served",
               "content": {"application/json": {"example": LOAD_EXAMPLE}}}, **errors,
     })(load_model)
+    app.post("/admin/rollback", tags=["admin"], responses={
+        200: {"description": "the previous version is served",
+              "content": {"application/json": {"example": {
+                  **LOAD_EXAMPLE, "status": "rolled_back", "alias": "champion",
+                  "version": "1.0.0", "previous": "1.1.0"}}}},
+        409: {"description": "no previous version, or another load is in progress"},
+        503: errors[503]})(roll_back)
     app.get("/admin/load", tags=["admin"])(load_status)
 
 

@@ -5,7 +5,10 @@ A model version is a folder `<root>/<name>/<version>/` holding `model.onnx` and 
 sees a version whole or not at all; `ModelStore` reads one model's versions from disk on every
 call. The repository service (`create_app`) serves `GET /models`, `GET /models/{name}`, a
 version's manifest (`latest` names the newest) and its file, streamed with `ETag: "<sha256>"`
-and slowed by DOWNLOAD_DELAY_MS so that a server's download is visible. Loading servers
+and slowed by DOWNLOAD_DELAY_MS so that a server's download is visible. A model may have
+aliases (`patternkit.aliases`, MLflow's): `PUT /models/{name}/aliases/{alias}` points one at a
+version, a manifest asked for by alias is that version's, and
+`POST /models/{name}/aliases/{alias}/rollback` moves it back to the version before. Loading servers
 (patternkit.loader, O2), edge devices (S13's distribution reuses the store) and the lifecycle
 patterns read it.
 """
@@ -27,8 +30,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import Counter
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from patternkit.aliases import AliasFile, is_alias
 from patternkit.models import MANIFEST_FILE, MODEL_FILE, ModelError, read_verified_manifest
 from patternkit.service import ApiError, ServiceState, create_service, json_response
 from patternkit.settings import ServiceSettings
@@ -145,9 +149,16 @@ class ModelStore:
         what = f"of model {self.name} " if self.name else ""
         raise ApiError(404, f"no version {what}is published in {self.root} yet", "no_model")
 
+    def aliases(self) -> AliasFile:
+        return AliasFile(self.root, self.name or self.root.name)
+
     def resolve(self, version: str) -> Published:
-        """`get`, where `latest` names the newest version."""
-        return self.latest() if version == LATEST else self.get(version)
+        """`get`, where `latest` names the newest version and an alias the one it points at."""
+        if version == LATEST:
+            return self.latest()
+        if VERSION_RE.match(version) is None and is_alias(version):
+            return self.get(self.aliases().require(version))
+        return self.get(version)
 
     def get(self, version: str) -> Published:
         """A published version, or a 422 (not X.Y.Z) or 404 naming the problem."""
@@ -278,8 +289,50 @@ async def manifest(name: str, version: str, request: Request) -> Response:
     repo = repository(request)
     found = repo.models.store(name).resolve(version)
     repo.requests.labels("manifests").inc()
-    cache = "no-cache" if version == LATEST else IMMUTABLE
+    cache = IMMUTABLE if VERSION_RE.match(version) else "no-cache"  # latest, an alias: move
     return json_response(found.described(), headers={"cache-control": cache})
+
+
+class AliasRequest(BaseModel):
+    """The version an alias is to point at."""
+
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"version": "1.0.0"}]})
+
+    version: str = Field(..., pattern=VERSION_RE.pattern, description="a published X.Y.Z")
+
+
+async def list_aliases(name: str, request: Request) -> Response:
+    """Every alias of the model: its version and the versions it pointed at before."""
+    store = repository(request).models.store(name)
+    return json_response({"name": name, "aliases": store.aliases().read()},
+                         headers={"cache-control": "no-cache"})
+
+
+async def get_alias(name: str, alias: str, request: Request) -> Response:
+    store = repository(request).models.store(name)
+    found = store.get(store.aliases().require(alias))
+    return json_response({"alias": alias, **found.summary()}, headers={"cache-control": "no-cache"})
+
+
+async def set_alias(name: str, alias: str, body: AliasRequest, request: Request) -> Response:
+    """Point `alias` at a published version (create or move it); the answer names the version
+    it pointed at before."""
+    store = repository(request).models.store(name)
+    store.get(body.version)  # published, or a 404 naming what is
+    moved = store.aliases().set(alias, body.version)
+    log.info("alias %s@%s: %s -> %s", name, alias, moved["previous"], body.version)
+    return json_response(moved)
+
+
+async def roll_back_alias(name: str, alias: str, request: Request) -> Response:
+    """Move `alias` back to the version it pointed at before (409 when there is none)."""
+    store = repository(request).models.store(name)
+    moved = store.aliases().back(alias)
+    store.get(moved["version"])  # still published (a version is never deleted here)
+    log.warning("alias %s@%s rolled back: %s -> %s", name, alias, moved["previous"],
+                moved["version"])
+    return json_response(moved)
 
 
 async def model_file(name: str, version: str, request: Request) -> Response:
@@ -342,6 +395,12 @@ def create_app(settings: RepositorySettings | None = None) -> FastAPI:
     app = create_service(cfg, title="model repository", lifespan=lifespan)
     app.get("/models", tags=["models"])(list_models)
     app.get("/models/{name}", tags=["models"])(list_versions)
+    aliases = "/models/{name}/aliases"  # before /models/{name}/{version}, which would match
+    app.get(aliases, tags=["aliases"])(list_aliases)
+    app.get(aliases + "/{alias}", tags=["aliases"])(get_alias)
+    app.put(aliases + "/{alias}", tags=["aliases"])(set_alias)
+    app.post(aliases + "/{alias}/rollback", tags=["aliases"], responses={
+        409: {"description": "the alias never pointed at another version"}})(roll_back_alias)
     app.get("/models/{name}/{version}", tags=["models"])(manifest)
     file_path = f"/models/{{name}}/{{version}}/{MODEL_FILE}"
     app.get(file_path, tags=["models"], operation_id="model_file")(model_file)

@@ -48,7 +48,8 @@ class PredictorSettings(BatchSettings):
     # a model from a repository (O2): downloaded, verified and checked before it serves
     model_repo_url: str = Field("", description="model repository to download the model from")
     model_name: str = Field("", description="the model to download (MODEL_REPO_URL)")
-    model_version: str = Field("", description="its version, or `latest`")
+    model_version: str = Field("", description="its version, `latest`, or an alias "
+                                                "(`champion`) the repository resolves")
     model_download_dir: str = Field("", description="where downloads go (default: a temp dir)")
     expected_features: int = Field(0, ge=0, description="input width the clients send; 0: any")
     max_model_bytes: int = Field(200_000_000, gt=0, description="larger downloads are refused")

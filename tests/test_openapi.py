@@ -24,7 +24,9 @@ from patternkit.topology import Stack, discover, repo_root
 NO_BODY = {("post", "/jobs"), ("post", "/jobs/{job_id}/rerun"), ("post", "/config/reload"),
            ("post", "/rules/reload"), ("post", "/models/{name}/versions/{version}/promote"),
            ("post", "/models/{model_id}/rebuild"), ("post", "/runs/{run_id}/retry"),
-           ("post", "/runs/{run_id}/steps/{step}")}
+           ("post", "/runs/{run_id}/steps/{step}"),
+           ("post", "/models/{name}/aliases/{alias}/rollback"), ("post", "/admin/rollback"),
+           ("post", "/admin/reload")}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 OIP_ERROR_REF = {"$ref": "#/components/schemas/InferenceErrorBody"}
 

@@ -28,14 +28,13 @@ from operation_patterns.data_model_versioning.versions import (
     next_version,
     promoted,
 )
+from patternkit.aliases import check_alias
 from patternkit.db import upsert
 from patternkit.schemas import FiniteFloat
 from patternkit.service import ApiError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$")  # MLflow reserves these too
 Scalar = FiniteFloat | StrictInt | StrictStr | StrictBool | None
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case model name")]
 
@@ -113,12 +112,6 @@ def parse(version: str) -> Version:
         return Version.parse(version)
     except InvalidVersion as exc:
         raise ApiError(422, str(exc), "invalid_version") from None
-
-
-def check_alias(alias: str) -> None:
-    if not ALIAS_RE.match(alias) or RESERVED_ALIAS.match(alias):
-        raise ApiError(422, f"alias {alias!r}: a letter, then letters, digits, '_' or '-' (up to "
-                            "64); 'latest' and 'v<digits>' are reserved", "invalid_alias")
 
 
 def check_name(name: str) -> None:
