@@ -230,3 +230,20 @@ def test_bad_requests_get_a_clear_4xx(stack: Stack, registry: Client, entry: Cli
         assert resp.status_code == status and text in resp.json()["message"], resp.text
     resp = entry.put("/config", json={"attempts": 0})
     assert resp.status_code == 422 and "attempts" in resp.text
+
+
+def test_a_restarted_predictor_is_brought_back_to_the_deployed_version(
+    stack: Stack, api: Client, registry: Client
+) -> None:
+    new = train(api, seed=2)["version"]
+    resp = registry.post(f"/models/{new}/approve", json={"by": "alice", "deploy": True})
+    assert resp.status_code == 200 and resp.json()["state"] == "deployed", resp.text
+    before = int(registry.stats()["reconciles"])
+    stack.restart("predictor")  # it boots on its MODEL_VERSION, 1.0.0, not the deployed one
+    with Client(stack.url("predictor")) as predictor:
+        wait_until(lambda: predictor.get("/metadata").json().get("model_version") == new, 30,
+                   interval=0.2, what=f"the restarted predictor reconciled to {new}")
+    assert int(registry.stats()["reconciles"]) == before + 1
+    last = [e for e in registry.get("/events").json()["events"] if e["action"] == "reconcile"][-1]
+    assert (last["version"], last["detail"]["found"]) == (new, BOOT)
+    assert registry.post("/rollback", json={"by": "bob"}).status_code == 200
