@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -382,7 +383,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 
     app = create_service(cfg, title="train-then-serve: release registry", lifespan=lifespan,
                          upstreams={"upstream": upstream}, auto_ready=False)
-    tags = ["releases"]
+    tags: list[str | Enum] = ["releases"]
     app.get("/models", tags=tags)(list_models)
     app.get("/models/{version}", tags=tags, responses=ERRORS)(get_model)
     app.get("/models/{version}/compare", tags=tags, responses=ERRORS)(compare_model)

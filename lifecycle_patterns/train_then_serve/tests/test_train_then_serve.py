@@ -225,9 +225,9 @@ def test_bad_requests_get_a_clear_4xx(stack: Stack, registry: Client, entry: Cli
         resp = registry.request(method.upper(), path, json=body)
         assert resp.status_code == status, (path, resp.text)
         assert text in resp.text, (path, resp.text)
-    for body, status, text in BAD_PREDICT_BODIES:
-        resp = post_body(entry, "/predict", body)
-        assert resp.status_code == status and text in resp.json()["message"], resp.text
+    for bad, code, words in BAD_PREDICT_BODIES:
+        resp = post_body(entry, "/predict", bad)
+        assert resp.status_code == code and words in resp.json()["message"], resp.text
     resp = entry.put("/config", json={"attempts": 0})
     assert resp.status_code == 422 and "attempts" in resp.text
 
