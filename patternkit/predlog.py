@@ -340,6 +340,21 @@ class PredictionLog:
         self._dropped.labels("buffer_full").inc()
         return False
 
+    def record_latency(
+        self, request_id: str | None, began: float, *, status: int, backend_ms: float | None,
+        version: str | None = None, error: str | None = None,
+    ) -> bool:
+        """A proxy's `latency` record of one request (its `kind` column: `log_columns()`):
+        the whole time since `began` (a `time.perf_counter()`), the backend's time, the
+        status, the version that answered or the error."""
+        extra: dict[str, Any] = {"status": status, "backend_ms": backend_ms}
+        if error is not None:
+            extra["error"] = error
+        return self.record(None, None, request_id=request_id, fields={"kind": "latency"},
+                           version=version,
+                           latency_ms=round((time.perf_counter() - began) * 1000, 3),
+                           extra=extra)
+
     def stats(self) -> dict[str, Any]:
         """What a service shows in /stats: written, dropped (by reason), buffered, errors."""
         dropped = {reason: _total(self._dropped, reason=reason) for reason in DROP_REASONS}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -123,18 +123,14 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
         body = await request.body()
         _, body_rid = parse_batch(body, input_width(request.state.models), cfg.max_batch_rows)
         rid = body_rid or request_id(request) or ""
-        extra: dict[str, Any]
         try:
             reply, backend_ms = await forward(body, rid, params)
         except BackendFailed as exc:
-            plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                        latency_ms=round((time.perf_counter() - began) * 1000, 3),
-                        extra={"status": exc.status, "error": exc.error, "backend_ms": exc.ms})
+            plog.record_latency(rid, began, status=exc.status, backend_ms=exc.ms,
+                                error=exc.error)
             raise
-        extra = {"status": reply.status, "backend_ms": backend_ms}
-        plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                    version=reply.headers.get("x-model-version"),
-                    latency_ms=round((time.perf_counter() - began) * 1000, 3), extra=extra)
+        plog.record_latency(rid, began, status=reply.status, backend_ms=backend_ms,
+                            version=reply.headers.get("x-model-version"))
         return reply.response()
 
     add_config_routes(app, "/config", "config", what="proxy parameters",

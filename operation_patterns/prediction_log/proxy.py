@@ -132,14 +132,11 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
                 upstream, predictor, "POST", predictor.predict_url, body=body, rid=rid,
                 timeout_s=timeout_s)
         except BackendFailed as exc:
-            plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                        latency_ms=round((time.perf_counter() - began) * 1000, 3),
-                        extra={"status": exc.status, "error": exc.error, "backend_ms": exc.ms})
+            plog.record_latency(rid, began, status=exc.status, backend_ms=exc.ms,
+                                error=exc.error)
             raise
-        plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                    version=reply.headers.get("x-model-version"),
-                    latency_ms=round((time.perf_counter() - began) * 1000, 3),
-                    extra={"status": reply.status, "backend_ms": backend_ms})
+        plog.record_latency(rid, began, status=reply.status, backend_ms=backend_ms,
+                            version=reply.headers.get("x-model-version"))
         return reply.response()
 
     @app.post("/events", status_code=202, tags=["events"], responses={
