@@ -31,12 +31,12 @@ from patternkit.backends import (
     watch_models,
 )
 from patternkit.predictor import parse_batch
-from patternkit.predlog import PredictionLog, log_columns
+from patternkit.predlog import PredictionLog, open_log
 from patternkit.proxy import Reply, Upstream
 from patternkit.runtime_config import RuntimeConfig, add_config_routes
 from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
 from patternkit.service import ServiceState, create_service, fast_route, request_id
-from patternkit.settings import BatchSettings
+from patternkit.settings import PredictionLogSettings
 
 PREFIX = "train_then_serve"
 
@@ -50,15 +50,11 @@ class ProxyParams(BaseModel):
     attempts: int = Field(2, ge=1, le=5, description="tries of a 502/503 within one request")
 
 
-class ProxySettings(BatchSettings):
+class ProxySettings(PredictionLogSettings):
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="the predictor the proxy forwards to")
     prediction_log_url: str = Field(..., description="the log: a redis:// URL (a stream)")
     prediction_log_prefix: str = Field(PREFIX, description="the log is <prefix>_prediction_log")
-    prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
-                                       "log is down; more are dropped and counted")
-    prediction_log_retry_s: float = Field(1.0, gt=0, description="longest wait between "
-                                          "write attempts while the log is down")
     timeout_ms: int = Field(2000, gt=0, description="the starting ProxyParams.timeout_ms")
     attempts: int = Field(2, ge=1, description="the starting ProxyParams.attempts")
 
@@ -79,14 +75,8 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
         config = RuntimeConfig(ProxyParams, {"timeout_ms": cfg.timeout_ms,
                                              "attempts": cfg.attempts},
                                name="config", state=state)
-        async with PredictionLog(
-            cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
-            max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
-            registry=state.registry, columns=log_columns(),
-        ) as plog:
-            state.metrics.computed("prediction_log", plog.stats)
-            state.metadata.update(predictor=predictor.url, prediction_log={
-                "sink": plog.sink, "target": plog.stream, "max_buffer": plog.max_buffer})
+        async with open_log(cfg, state) as plog:
+            state.metadata.update(predictor=predictor.url)
             async with watch_models(upstream, [predictor], state) as models:
                 yield {"plog": plog, "models": models, "config": config}
 
