@@ -34,7 +34,7 @@ from patternkit.predictor import parse_batch
 from patternkit.predlog import PredictionLog, open_log
 from patternkit.proxy import Reply, Upstream
 from patternkit.runtime_config import RuntimeConfig, add_config_routes
-from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
+from patternkit.schemas import PREDICT_OPENAPI, passthrough_responses
 from patternkit.service import ServiceState, create_service, fast_route, request_id
 from patternkit.settings import PredictionLogSettings
 
@@ -99,12 +99,7 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
 
     @fast_route(
         app, "/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-        responses={200: {"description": "the deployed model's reply, passed through",
-                         "model": PredictResponse},
-                   413: {"description": "body or batch too large"}, 422: {},
-                   502: {"description": "the predictor failed; the message names it"},
-                   503: {"description": "the predictor's model is not known yet"},
-                   504: {"description": "the predictor missed timeout_ms"}},
+        responses=passthrough_responses("timeout_ms"),
     )
     async def predict(request: Request) -> Response:
         began = time.perf_counter()

@@ -36,7 +36,7 @@ from patternkit.backends import (
 from patternkit.predictor import parse_batch
 from patternkit.predlog import PredictionLog, open_log, stream_table
 from patternkit.proxy import Upstream
-from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
+from patternkit.schemas import PREDICT_OPENAPI, passthrough_responses
 from patternkit.service import (
     ServiceState,
     create_service,
@@ -101,12 +101,7 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
 
     @fast_route(
         app, "/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-        responses={200: {"description": "the predictor's reply, passed through",
-                         "model": PredictResponse},
-                   413: {"description": "body or batch too large"}, 422: {},
-                   502: {"description": "the predictor failed; the message names it"},
-                   503: {"description": "the predictor's model is not known yet"},
-                   504: {"description": "the predictor missed TIMEOUT_MS"}},
+        responses=passthrough_responses("TIMEOUT_MS"),
     )
     async def predict(request: Request) -> Response:
         began = time.perf_counter()

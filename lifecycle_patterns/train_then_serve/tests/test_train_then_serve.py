@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -247,3 +248,17 @@ def test_a_restarted_predictor_is_brought_back_to_the_deployed_version(
     last = [e for e in registry.get("/events").json()["events"] if e["action"] == "reconcile"][-1]
     assert (last["version"], last["detail"]["found"]) == (new, BOOT)
     assert registry.post("/rollback", json={"by": "bob"}).status_code == 200
+
+
+def test_one_switch_at_a_time(stack: Stack, api: Client, registry: Client) -> None:
+    new = train(api, seed=2)["version"]
+    assert registry.post(f"/models/{new}/approve", json={"by": "alice"}).status_code == 200
+    with ThreadPoolExecutor(1) as pool, Client(stack.url("registry"), timeout=60) as other, \
+            Client(stack.url("predictor")) as predictor:
+        deploying = pool.submit(other.post, "/deploy", json={"version": new, "by": "alice"})
+        wait_until(lambda: predictor.get("/admin/load").json()["loading"], 20, interval=0.01,
+                   what="the predictor loading the deploy's version")
+        busy = registry.post("/rollback", json={"by": "bob"})  # while the deploy loads
+        assert busy.status_code == 409 and busy.json()["error"] == "deploy_in_progress"
+        assert deploying.result().status_code == 200
+    assert registry.post("/rollback", json={"by": "bob"}).json()["version"] == BOOT
