@@ -12,12 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lifecycle_patterns.train_then_serve import scenario
 from patternkit.client import IRIS_ROWS, Client, Sent, Traffic, wait_until
-from patternkit.testing import BAD_PREDICT_BODIES, post_body
+from patternkit.testing import BAD_PREDICT_BODIES, check_picture, post_body
 from patternkit.topology import Stack
 from training_patterns.batch_training import store
 
@@ -262,3 +264,22 @@ def test_one_switch_at_a_time(stack: Stack, api: Client, registry: Client) -> No
         assert busy.status_code == 409 and busy.json()["error"] == "deploy_in_progress"
         assert deploying.result().status_code == 200
     assert registry.post("/rollback", json={"by": "bob"}).json()["version"] == BOOT
+
+
+def test_the_demo_tells_the_timeline_and_draws_it(
+    stack: Stack, registry: Client, tmp_path: Path
+) -> None:
+    rows = scenario.run(stack, out=tmp_path)
+    steps = [r["step"] for r in rows]
+    for step in ("boot", "train seed=2", "train C=0.01", "train fail_step=build", "deploy",
+                 "rollback", "event refuse", "event approve", "event deploy", "event rollback"):
+        assert step in steps, steps
+    by_step = {r["step"]: r for r in rows}
+    assert by_step["train fail_step=build"]["what"].startswith("run failed at build")
+    refused = next(r for r in rows if r["step"].startswith("approve ") and "C=0.01" in r["step"])
+    assert refused["what"].startswith("409 below_bar")
+    summary = [r for r in rows if r["step"] == "traffic"][-1]
+    assert summary["what"].endswith(" 0 failed")
+    assert all(r["time"] for r in rows if r["step"] != "picture")
+    check_picture(tmp_path / "train_then_serve_timeline.png")
+    assert registry.get("/models").json()["deployed"] == BOOT  # the demo rolled back
