@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from patternkit.faults import Faults, InjectedFault
 from patternkit.models import ModelError, OnnxModel
 from patternkit.oip import add_oip_routes
-from patternkit.predlog import PredictionLog, log_columns
+from patternkit.predlog import PredictionLog, open_log
 from patternkit.schemas import PREDICT_OPENAPI, PredictRequest, PredictResponse
 from patternkit.service import (
     ApiError,
@@ -64,13 +64,7 @@ async def prediction_log(
     if not cfg.prediction_log_url:
         yield None
         return
-    async with PredictionLog(
-        cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
-        max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
-        stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry, columns=log_columns(),
-    ) as plog:
-        state.metrics.computed("prediction_log", plog.stats)
-        state.metadata["prediction_log"] = {"sink": plog.sink, "target": plog.stream}
+    async with open_log(cfg, state) as plog:
         yield plog
 
 

@@ -34,11 +34,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -48,6 +48,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from patternkit.db import ROW_ID, create_tables, make_engine, show_url
+
+if TYPE_CHECKING:
+    from patternkit.service import ServiceState
+    from patternkit.settings import PredictionLogSettings
 
 log = logging.getLogger("patternkit.predlog")
 
@@ -340,6 +344,21 @@ class PredictionLog:
         self._dropped.labels("buffer_full").inc()
         return False
 
+    def record_latency(
+        self, request_id: str | None, began: float, *, status: int, backend_ms: float | None,
+        version: str | None = None, error: str | None = None,
+    ) -> bool:
+        """A proxy's `latency` record of one request (its `kind` column: `log_columns()`):
+        the whole time since `began` (a `time.perf_counter()`), the backend's time, the
+        status, the version that answered or the error."""
+        extra: dict[str, Any] = {"status": status, "backend_ms": backend_ms}
+        if error is not None:
+            extra["error"] = error
+        return self.record(None, None, request_id=request_id, fields={"kind": "latency"},
+                           version=version,
+                           latency_ms=round((time.perf_counter() - began) * 1000, 3),
+                           extra=extra)
+
     def stats(self) -> dict[str, Any]:
         """What a service shows in /stats: written, dropped (by reason), buffered, errors."""
         dropped = {reason: _total(self._dropped, reason=reason) for reason in DROP_REASONS}
@@ -501,3 +520,19 @@ class PredictionLog:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+@asynccontextmanager
+async def open_log(cfg: PredictionLogSettings, state: ServiceState
+                   ) -> AsyncIterator[PredictionLog]:
+    """A service's log as its PREDICTION_LOG_* settings say (with `log_columns()`), its
+    counts on /metrics and under `prediction_log` on /stats, its sink on /metadata."""
+    async with PredictionLog(
+        cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
+        max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
+        stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry, columns=log_columns(),
+    ) as plog:
+        state.metrics.computed("prediction_log", plog.stats)
+        state.metadata["prediction_log"] = {"sink": plog.sink, "target": plog.stream,
+                                            "max_buffer": plog.max_buffer}
+        yield plog

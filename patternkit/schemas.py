@@ -69,6 +69,18 @@ PREDICT_OPENAPI: dict[str, Any] = {
 """`openapi_extra` for an endpoint that reads a PredictRequest body itself."""
 
 
+def passthrough_responses(deadline: str = "TIMEOUT_MS") -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a proxy's `/predict` that passes one predictor's reply through:
+    its 200, the body checks (413, 422), and the predictor's failures (502, 503, and 504
+    after `deadline`)."""
+    return {200: {"description": "the predictor's reply, passed through",
+                  "model": PredictResponse},
+            413: {"description": "body or batch too large"}, 422: {},
+            502: {"description": "the predictor failed; the message names it"},
+            503: {"description": "the predictor's model is not known yet"},
+            504: {"description": f"the predictor missed {deadline}"}}
+
+
 def with_examples(
     openapi_extra: dict[str, Any] | None = None,
     *,

@@ -32,7 +32,23 @@ class BatchSettings(ServiceSettings):
     max_batch_rows: int = Field(1000, gt=0, description="larger batches get 413")
 
 
-class PredictorSettings(BatchSettings):
+class PredictionLogSettings(BatchSettings):
+    """A service that logs through `patternkit.predlog` (O4): where to, and the spool's
+    bounds (`predlog.open_log` opens it)."""
+
+    prediction_log_url: str = Field("", description="log each prediction: a redis:// URL (a "
+                                                    "stream) or a database URL; empty: none")
+    prediction_log_prefix: str = Field("prediction_log", description="the log is "
+                                       "<prefix>_prediction_log")
+    prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
+                                       "log is down; more are dropped and counted")
+    prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
+                                          "attempts while the log is down")
+    prediction_log_maxlen: int = Field(100_000, ge=1, description="a stream log's MAXLEN ~ "
+                                       "(entries Redis keeps)")
+
+
+class PredictorSettings(PredictionLogSettings):
     """The template predictor: which model to load and which faults to inject.
 
     The model is a local artifact (MODEL_PATH), or, when MODEL_REPO_URL is set, the one
@@ -57,17 +73,9 @@ class PredictorSettings(BatchSettings):
     # a model baked into a bundle (O1): its bundle.json, checked against the model
     bundle_manifest: str = Field("", description="bundle.json of the bundle the model is in")
     bundle_sha256: str = Field("", description="sha256 of the bundle file it was unpacked from")
-    # every prediction logged through patternkit.predlog (O4): a stream or a table
-    prediction_log_url: str = Field("", description="log each prediction: a redis:// URL (a "
-                                                    "stream) or a database URL; empty: none")
+    # every prediction logged through patternkit.predlog (O4): PredictionLogSettings' fields
     prediction_log_prefix: str = Field("predictor", description="the log is "
                                                                 "<prefix>_prediction_log")
-    prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
-                                       "log is down; more are dropped and counted")
-    prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
-                                          "attempts while the log is down")
-    prediction_log_maxlen: int = Field(100_000, ge=1, description="a stream log's MAXLEN ~ "
-                                       "(entries Redis keeps)")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from patternkit.db import make_engine
-from patternkit.predlog import PredictionLog, prediction_table, read_predictions
+from patternkit.predlog import PredictionLog, log_columns, prediction_table, read_predictions
 
 DOWN_DELAY_S = 0.5  # every write attempt while the database is down takes this, then fails
 
@@ -287,3 +287,26 @@ def test_extra_columns_take_their_fields(engine: sa.Engine, prefix: str) -> None
         got = conn.execute(sa.select(table.c.request_id, table.c.variant, table.c.phase)
                            .order_by(table.c.id)).all()
     assert [tuple(r) for r in got] == [("r1", "b", 3), ("r2", None, None)]
+
+
+def test_a_proxy_latency_record_has_its_kind_status_and_times(
+    engine: sa.Engine, prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with PredictionLog(engine, prefix, interval_s=3600, service="proxy",
+                                 columns=log_columns()) as plog:
+            began = time.perf_counter() - 0.25  # a request that began 250 ms ago
+            assert plog.record_latency("ok", began, status=200, backend_ms=12.5,
+                                       version="1.0.1")
+            assert plog.record_latency("bad", time.perf_counter(), status=504,
+                                       backend_ms=2000.0, error="backend_timeout")
+            await plog.read()  # flushed
+
+    asyncio.run(scenario())
+    got = {r["request_id"]: r for r in read_predictions(engine, prefix, columns=log_columns())}
+    ok, bad = got["ok"], got["bad"]
+    assert (ok["kind"], ok["service"], ok["version"]) == ("latency", "proxy", "1.0.1")
+    assert ok["extra"] == {"status": 200, "backend_ms": 12.5}
+    assert 250 <= ok["latency_ms"] < 250 + 60_000
+    assert bad["extra"] == {"status": 504, "backend_ms": 2000.0, "error": "backend_timeout"}
+    assert bad["version"] is None and bad["input"] is None

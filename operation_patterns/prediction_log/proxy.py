@@ -34,9 +34,9 @@ from patternkit.backends import (
     watch_models,
 )
 from patternkit.predictor import parse_batch
-from patternkit.predlog import PredictionLog, log_columns, stream_table
+from patternkit.predlog import PredictionLog, open_log, stream_table
 from patternkit.proxy import Upstream
-from patternkit.schemas import PREDICT_OPENAPI, PredictResponse
+from patternkit.schemas import PREDICT_OPENAPI, passthrough_responses
 from patternkit.service import (
     ServiceState,
     create_service,
@@ -44,15 +44,15 @@ from patternkit.service import (
     json_response,
     request_id,
 )
-from patternkit.settings import BatchSettings
+from patternkit.settings import PredictionLogSettings
 
 TABLE_PREFIX = "prediction_log"
 METADATA = sa.MetaData()
 LOG_TABLE = stream_table(TABLE_PREFIX, METADATA)  # what the consumer writes, the stream's name
 
 
-class LogProxySettings(BatchSettings):
-    """The predictor, the log and the spool's bound."""
+class LogProxySettings(PredictionLogSettings):
+    """The predictor, the log (PredictionLogSettings: a stream here) and the deadline."""
 
     service_name: str = "proxy"
     predictor_url: str = Field(..., description="the predictor the proxy forwards to")
@@ -60,12 +60,6 @@ class LogProxySettings(BatchSettings):
                                                      "a database URL")
     prediction_log_prefix: str = Field(TABLE_PREFIX, description="the log is "
                                                                      "<prefix>_prediction_log")
-    prediction_log_buffer: int = Field(10_000, ge=1, description="records spooled while the "
-                                       "log is down; more are dropped and counted")
-    prediction_log_retry_s: float = Field(5.0, gt=0, description="longest wait between write "
-                                          "attempts while the log is down")
-    prediction_log_maxlen: int = Field(100_000, ge=1, description="the stream's MAXLEN ~ "
-                                       "(entries Redis keeps)")
     timeout_ms: int = Field(2000, gt=0, description="deadline of the predictor's answer")
 
 
@@ -97,15 +91,8 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
-        async with PredictionLog(
-            cfg.prediction_log_url, cfg.prediction_log_prefix, service=cfg.service_name,
-            max_buffer=cfg.prediction_log_buffer, max_retry_s=cfg.prediction_log_retry_s,
-            stream_maxlen=cfg.prediction_log_maxlen, registry=state.registry,
-            columns=log_columns(),
-        ) as plog:
-            state.metrics.computed("prediction_log", plog.stats)
-            state.metadata.update(predictor=predictor.url, prediction_log={
-                "sink": plog.sink, "target": plog.stream, "max_buffer": plog.max_buffer})
+        async with open_log(cfg, state) as plog:
+            state.metadata.update(predictor=predictor.url)
             async with watch_models(upstream, [predictor], state) as models:
                 yield {"plog": plog, "models": models}
 
@@ -114,12 +101,7 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
 
     @fast_route(
         app, "/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-        responses={200: {"description": "the predictor's reply, passed through",
-                         "model": PredictResponse},
-                   413: {"description": "body or batch too large"}, 422: {},
-                   502: {"description": "the predictor failed; the message names it"},
-                   503: {"description": "the predictor's model is not known yet"},
-                   504: {"description": "the predictor missed TIMEOUT_MS"}},
+        responses=passthrough_responses("TIMEOUT_MS"),
     )
     async def predict(request: Request) -> Response:
         began = time.perf_counter()
@@ -132,14 +114,11 @@ def create_app(settings: LogProxySettings | None = None) -> FastAPI:
                 upstream, predictor, "POST", predictor.predict_url, body=body, rid=rid,
                 timeout_s=timeout_s)
         except BackendFailed as exc:
-            plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                        latency_ms=round((time.perf_counter() - began) * 1000, 3),
-                        extra={"status": exc.status, "error": exc.error, "backend_ms": exc.ms})
+            plog.record_latency(rid, began, status=exc.status, backend_ms=exc.ms,
+                                error=exc.error)
             raise
-        plog.record(None, None, request_id=rid, fields={"kind": "latency"},
-                    version=reply.headers.get("x-model-version"),
-                    latency_ms=round((time.perf_counter() - began) * 1000, 3),
-                    extra={"status": reply.status, "backend_ms": backend_ms})
+        plog.record_latency(rid, began, status=reply.status, backend_ms=backend_ms,
+                            version=reply.headers.get("x-model-version"))
         return reply.response()
 
     @app.post("/events", status_code=202, tags=["events"], responses={

@@ -1,0 +1,1 @@
+"""Lifecycle patterns: how training and serving join up, from a training run to a served model."""

@@ -1,0 +1,1 @@
+"""L1 Train-then-serve: training makes candidates, a human approves, a deploy switches serving."""
