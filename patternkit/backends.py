@@ -325,6 +325,7 @@ async def watch_models(
         while not await model.refresh():
             await asyncio.sleep(0.2)
         if not state.ready and (ready_when is None or ready_when(models)):
+            state.metadata["n_features"] = model.n_features  # the docs' example row follows it
             state.ready = True
             log.info("ready: %s %s takes %s features", model.backend.name, model.version,
                      model.n_features)

@@ -28,6 +28,14 @@ RowIdPath = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="the row's id")
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 """The example row of the docs ("Try it out") and of `make run`: the first iris sample."""
 PREDICT_EXAMPLE: dict[str, Any] = {"data": [IRIS_ROW]}
+
+
+def predict_example(n_features: int | None) -> dict[str, Any]:
+    """The docs' request example for a model taking `n_features` values a row: the iris row,
+    cut or padded with zeros (a valid request, so "Try it out" gets a 200 from any model)."""
+    if n_features is None or n_features == len(IRIS_ROW):
+        return PREDICT_EXAMPLE
+    return {"data": [(IRIS_ROW + [0.0] * n_features)[:n_features]]}
 PREDICTION_EXAMPLE: dict[str, Any] = {
     "prediction": [0],
     "probabilities": [[0.978716, 0.021283142, 8.2392006e-07]],

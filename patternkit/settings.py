@@ -20,6 +20,9 @@ class ServiceSettings(BaseSettings):
     instance_name: str = Field("", description="this replica's name (X-Served-By)")
     max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
     log_level: str = "info"
+    docs_example_width: int | None = Field(
+        None, gt=0, description="the row width of the docs' predict examples, for a service "
+        "that passes rows on without learning its model's (the iris row's 4 by default)")
 
     @property
     def served_by(self) -> str:

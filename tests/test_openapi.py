@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from patternkit.schemas import PREDICT_EXAMPLE, PredictRequest
+from patternkit.schemas import PredictRequest, predict_example
 from patternkit.service.docs import request_example
 from patternkit.topology import Stack, discover, repo_root
 
@@ -57,6 +57,14 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
     return docs
 
 
+@pytest.fixture(scope="module")
+def widths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """The services told their docs' example row width (DOCS_EXAMPLE_WIDTH)."""
+    return {name: int(env["DOCS_EXAMPLE_WIDTH"])
+            for name, _, env in app_services(tmp_path_factory.mktemp("widths"))
+            if "DOCS_EXAMPLE_WIDTH" in env}
+
+
 def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
@@ -95,8 +103,9 @@ def test_every_route_that_takes_a_body_declares_it(documents: dict[str, dict[str
 
 
 def test_every_predict_route_shows_a_request_and_a_reply_example(
-    documents: dict[str, dict[str, Any]],
+    documents: dict[str, dict[str, Any]], widths: dict[str, int],
 ) -> None:
+    assert widths == {"offline_only/proxy": 5}  # QA1's proxy passes 5-feature rows on
     problems = []
     for name, doc in documents.items():
         for method, path, op in operations(doc):
@@ -111,7 +120,9 @@ def test_every_predict_route_shows_a_request_and_a_reply_example(
                 # a PredictRequest: the iris row, valid for the schema (a body with more
                 # fields, e.g. OA2's `unit`, is another schema)
                 PredictRequest.model_validate(example)
-                assert example == PREDICT_EXAMPLE, f"{name}: {example}"
+                # the iris row, or a row of the width the service was told (DOCS_EXAMPLE_WIDTH)
+                width = widths.get(name)
+                assert example == predict_example(width), f"{name}: {example}"
             if reply_example(doc, op) is None:
                 problems.append(f"{name}: POST {path} has no reply example")
     assert problems == []

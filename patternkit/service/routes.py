@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 
+from patternkit.schemas import PREDICT_EXAMPLE, predict_example
 from patternkit.service.docs import DOCS_PATHS, complete_openapi
 from patternkit.service.errors import error_response, json_response
 from patternkit.service.middleware import OPS_PATHS
@@ -52,15 +53,37 @@ def fast_route(
     return register
 
 
+def with_example(doc: Any, example: dict[str, Any]) -> Any:
+    """`doc` with every PREDICT_EXAMPLE in it replaced by `example`."""
+    if doc == PREDICT_EXAMPLE:
+        return example
+    if isinstance(doc, dict):
+        return {k: with_example(v, example) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [with_example(v, example) for v in doc]
+    return doc
+
+
 def install_openapi(app: FastAPI) -> None:
-    """OpenAPI from the app's routes plus the documented fast routes, errors in one shape."""
+    """OpenAPI from the app's routes plus the documented fast routes, errors in one shape.
+
+    The predict examples show the iris row until the service knows its model's input width
+    (`n_features` in its metadata, set when a predictor loads a model or a proxy learns its
+    backends') or is told it (DOCS_EXAMPLE_WIDTH); then a row of that width, so "Try it out"
+    sends a valid request."""
+    built: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = complete_openapi(get_openapi(
+        state: ServiceState = app.state.service
+        width = state.metadata.get("n_features") or state.settings.docs_example_width
+        if app.openapi_schema is None or built.get("width") != width:
+            doc = complete_openapi(get_openapi(
                 title=app.title, version=app.version,
                 routes=[*app.routes, *app.state.doc_routes],
             ))
+            example = predict_example(width if isinstance(width, int) else None)
+            app.openapi_schema = doc if example is PREDICT_EXAMPLE else with_example(doc, example)
+            built["width"] = width
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

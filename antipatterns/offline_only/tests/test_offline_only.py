@@ -59,3 +59,16 @@ def test_online_b_loses_beyond_noise_and_the_guard_sends_everyone_to_a(
     later = drive(stack.url(), simulator.users(30, start=20_000), simulator.converts)
     assert {v.variant for v in later} == {"a"}  # 100% to A
     assert all(v.ok for v in later)
+
+
+def test_the_docs_example_is_a_row_the_models_take(stack: Stack, entry: Client) -> None:
+    """The proxy passes rows on: DOCS_EXAMPLE_WIDTH makes its "Try it out" body 5 values
+    wide; a variant's own docs follow the model it loaded."""
+    from patternkit.service.docs import request_example
+
+    example = request_example(entry.get("/openapi.json").json(), "/predict")
+    assert example == {"data": [[5.1, 3.5, 1.4, 0.2, 0.0]]}
+    reply = entry.post("/predict", json=example, headers={"x-user-id": "docs-user"})
+    assert reply.status_code == 200, reply.text
+    with Client(stack.url("a")) as a:
+        assert request_example(a.get("/openapi.json").json(), "/predict") == example
