@@ -62,11 +62,14 @@ def study_name(search_id: str) -> str:
     return f"search-{search_id}"
 
 
-def storage(url: str, attempts: int = 5) -> Any:
+def storage(url: str, attempts: int = 5, heartbeat_s: float | None = None,
+            grace_s: float | None = None) -> Any:
     """Optuna's RDB storage on the pattern's database (SQLite waits up to 30 s for a lock).
 
     Optuna creates its tables on first use without a lock: two processes doing it at the same
     moment race (`table ... already exists`), so a losing process tries again, and sees them.
+    With `heartbeat_s`, a running trial beats every `heartbeat_s`; one silent for `grace_s`
+    (its worker died) is failed by `optuna.storages.fail_stale_trials`.
     """
     import optuna
 
@@ -75,7 +78,9 @@ def storage(url: str, attempts: int = 5) -> Any:
         else {"pool_pre_ping": True}
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                              heartbeat_interval=heartbeat_s,
+                                              grace_period=grace_s)
         except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise
@@ -114,14 +119,15 @@ def slot_done(conn: sa.Connection, search_id: str) -> None:
     conn.execute(RUNS.update().where(RUNS.c.id == search_id).values(done=RUNS.c.done + 1))
 
 
-def take_export(conn: sa.Connection, search_id: str) -> str | None:
-    """Move a finished search (every claimed slot done, and the trial budget or the time
-    spent) to `exporting`: exactly one worker wins it. Returns the stop reason."""
+def take_export(conn: sa.Connection, search_id: str, ended: int = -1) -> str | None:
+    """Move a finished search (every claimed slot done, or `ended` trials of the study ended,
+    counting those failed because their worker died; and the trial budget or the time spent)
+    to `exporting`: exactly one worker wins it. Returns the stop reason."""
     now = time.time()
     won = conn.execute(
         RUNS.update()
         .where(RUNS.c.id == search_id, RUNS.c.status == RUNNING,
-               RUNS.c.done == RUNS.c.claimed,
+               sa.or_(RUNS.c.done == RUNS.c.claimed, RUNS.c.claimed <= ended),
                sa.or_(RUNS.c.claimed >= RUNS.c.max_trials, RUNS.c.deadline_ts <= now))
         .values(status=EXPORTING))
     if won.rowcount != 1:

@@ -5,7 +5,9 @@ UPDATE, so `max_trials` is exact across replicas and none is taken after the dea
 runs that one trial with `study.optimize(n_trials=1)` on the shared Optuna study, recording
 its pid and instance name as user attributes. The worker that sees a search's budget spent
 and every slot done wins its export: the best trial is refit, exported to ONNX with its
-manifest under the run directory, measured on the held-out split and registered.
+manifest under the run directory, measured on the held-out split and registered. A running
+trial beats a heartbeat (Optuna's `heartbeat_interval`); when a worker dies mid-trial, its
+trial is failed once silent for GRACE_S and the search ends without it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,9 @@ class WorkerSettings(ServiceSettings):
     database_url: str = Field(..., description="runs, registry and Optuna's tables ({db.url})")
     models_dir: str = Field(..., description="where each search's best model is exported")
     poll_s: float = Field(0.2, gt=0, description="idle wait between looks for work")
+    heartbeat_s: float = Field(2.0, gt=0, description="a running trial's heartbeat (Optuna)")
+    grace_s: float = Field(10.0, gt=0, description="a trial without a heartbeat this long "
+                           "(its worker died) is failed, so the search can end")
 
 
 def derived_seed(seed: int, slot: int) -> int:
@@ -70,8 +76,10 @@ class SearchWorker:
         self.name = cfg.served_by
         self.engine = db.make_engine(cfg.database_url)
         db.create_tables(self.engine, store.METADATA)
-        self.storage = store.storage(cfg.database_url)
+        self.storage = store.storage(cfg.database_url, heartbeat_s=cfg.heartbeat_s,
+                                     grace_s=cfg.grace_s)
         self.data = spaces.split()
+        self.settled_at: dict[str, float] = {}  # search id -> last look for dead trials
 
     def run_trial(self, run: dict[str, Any], slot: int, claimed_at: float) -> None:
         import optuna
@@ -135,6 +143,29 @@ class SearchWorker:
             with self.engine.begin() as conn:
                 store.finish(conn, search_id, error=f"{type(exc).__name__}: {exc}")
 
+    def ended_trials(self, run: dict[str, Any], now: float) -> int:
+        """How many of a spent search's trials ended, once its own workers stopped finishing
+        slots: a trial whose worker died (no heartbeat for `grace_s`) is failed first, so a
+        killed worker cannot hold the search open for ever. -1 when it is not time to look
+        (at most once per heartbeat, only while a claimed slot is not done)."""
+        import optuna
+
+        spent = run["claimed"] >= run["max_trials"] or run["deadline_ts"] <= now
+        due = now - self.settled_at.get(run["id"], 0.0) >= self.cfg.heartbeat_s
+        if not spent or run["done"] >= run["claimed"] or not due:
+            return -1
+        self.settled_at[run["id"]] = now
+        study = optuna.load_study(study_name=store.study_name(run["id"]), storage=self.storage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        ended = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        if ended >= run["claimed"]:
+            log.warning("search %s: %d of %d slots were never reported done: their worker "
+                        "died; its trial failed without a heartbeat", run["id"][:8],
+                        run["claimed"] - run["done"], run["claimed"])
+        return ended
+
     def step(self) -> bool:
         """Do one piece of work (a trial or an export); False when there was none."""
         with self.engine.begin() as conn:
@@ -146,8 +177,9 @@ class SearchWorker:
             if slot is not None:
                 self.run_trial(run, slot, now)
                 return True
+            ended = self.ended_trials(run, now)
             with self.engine.begin() as conn:
-                reason = store.take_export(conn, run["id"])
+                reason = store.take_export(conn, run["id"], ended)
             if reason is not None:
                 self.export(run, reason)
                 return True

@@ -138,3 +138,38 @@ def test_the_demo_draws_optunas_history_and_importances(
     assert [p.name for p in saved] == ["search_history.png", "param_importances.png"]
     for path in saved:
         check_picture(path)
+
+
+def test_a_worker_killed_mid_trial_fails_that_trial_and_the_search_still_ends(
+    stack: Stack, api: Client
+) -> None:
+    resp = api.post("/searches", json={"space": "mlp", "strategy": "random", "max_trials": 8,
+                                       "time_budget_s": 120, "seed": 11})
+    assert resp.status_code == 202, resp.text
+    url = resp.headers["location"]
+
+    def frozen_mid_trial() -> dict[str, Any] | None:
+        """A trial of worker-2 that is still running once worker-2 is frozen (SIGSTOP)."""
+        running = [t for t in api.get(url).json()["trials"]
+                   if t["state"] == "RUNNING" and t["worker"] == "worker-2"]
+        if not running:
+            return None
+        stack.pause("worker-2")
+        now = {t["number"]: t for t in api.get(url).json()["trials"]}
+        if now[running[0]["number"]]["state"] == "RUNNING":
+            return running[0]
+        stack.resume("worker-2")  # it finished just before the freeze: wait for another
+        return None
+
+    try:
+        victim = wait_until(frozen_mid_trial, 60, interval=0.05, what="a trial on worker-2")
+        stack.kill("worker-2")  # dies mid-trial: no heartbeat, and its slot is never done
+        body = wait_until(lambda: (b := api.get(url).json())["status"] in DONE and b, 90,
+                          interval=0.2, what="the search to end without worker-2")
+    finally:
+        stack.start_service("worker-2")
+    assert body["status"] == "succeeded", body.get("error")
+    states = {t["number"]: t["state"] for t in body["trials"]}
+    assert states[victim["number"]] == "FAIL"  # failed by the stale-heartbeat check
+    assert len(states) == 8 and set(states.values()) <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert body["model"] is not None and body["model"]["trial_number"] != victim["number"]
