@@ -67,6 +67,12 @@ class PredictorSettings(BatchSettings):
                                           "attempts while the log is down")
     prediction_log_maxlen: int = Field(100_000, ge=1, description="a stream log's MAXLEN ~ "
                                        "(entries Redis keeps)")
+    # a member of a service registry (patternkit.discovery): a heartbeat key with a TTL
+    registry_url: str = Field("", description="register in this Redis once ready (SET "
+                                              "service:<id> EX REGISTRY_TTL_S); empty: none")
+    registry_ttl_s: float = Field(3.0, ge=1, description="a member that stops beating drops "
+                                                         "out after this")
+    advertise_url: str = Field("", description="the URL registered for this server")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:
