@@ -174,7 +174,7 @@ class Loop:
                 return c
         raise ApiError(404, f"no cycle {cycle_id}", "cycle_not_found")
 
-    def start(self, trigger: str, request: dict[str, Any]) -> Cycle:
+    def start(self, trigger: str, request: dict[str, Any], step: str = "triggered") -> Cycle:
         if self.busy:
             running = self.cycles[-1]
             raise ApiError(409, f"cycle {running.id} is running ({running.trigger})",
@@ -182,7 +182,7 @@ class Loop:
         cycle = Cycle(next(self.ids), trigger, request)
         self.cycles.append(cycle)
         del self.cycles[:-CYCLES_KEPT]
-        cycle.event("triggered", trigger)
+        cycle.event(step, trigger)
         self.task = asyncio.create_task(self.run(cycle), name=f"cycle-{cycle.id}")
         return cycle
 
@@ -320,7 +320,7 @@ class Loop:
             self.ignored_alerts += len(firing)
             return {"started": None, "reason": f"cycle {self.cycles[-1].id} is running"}
         summary = (firing[0].get("annotations") or {}).get("summary", firing[0]["labels"])
-        cycle = self.start(f"drift detected: {summary}", {"reason": "alert"})
+        cycle = self.start(f"drift detected: {summary}", {"reason": "alert"}, "drift_detected")
         return {"started": cycle.id}
 
     async def retire_loop(self) -> None:

@@ -52,7 +52,7 @@ def alert_cycle(controller: Client, after: int, timeout: float = 60.0) -> dict[s
     """The first cycle after id `after` that a drift alert started."""
     def started() -> dict[str, Any] | None:
         for c in controller.get("/cycles").json()["cycles"]:
-            if c["id"] > after and c["trigger"].startswith("drift detected"):
+            if c["id"] > after and c["timeline"][0]["step"] == "drift_detected":
                 return dict(c)
         return None
 

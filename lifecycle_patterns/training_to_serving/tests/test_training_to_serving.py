@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any
 
-from lifecycle_patterns.training_to_serving.scenario import sample_rows
+from lifecycle_patterns.training_to_serving.scenario import alert_cycle, drifted_rows, sample_rows
 from patternkit.client import Client, Traffic, wait_until
 from patternkit.topology import Stack
 
@@ -158,4 +158,27 @@ def test_a_killed_predictor_drops_out_after_the_ttl_with_no_client_error(
     assert took <= ttl + 2.5  # TTL plus one refresh of the proxy, and slack
     assert took >= ttl / 3  # not removed by a deregistration: the key expired
     assert services(entry)["versions"][version]  # the other replica serves
+    no_errors(traffic)
+
+
+def test_injected_drift_closes_the_loop_to_a_promotion_with_no_client_error(
+        stack: Stack, entry: Client) -> None:
+    """End to end: drifted inputs -> the monitor's feature_drift alert -> the webhook ->
+    retrained -> gated -> deployed -> canary -> promoted, with traffic all along."""
+    before = stable(entry)
+    with controller(stack) as c:
+        last = c.get("/cycles").json()["cycles"][-1]["id"]
+        with Traffic(entry.base_url + "/predict", {"data": drifted_rows()}, senders=3) as traffic:
+            started = alert_cycle(c, last, timeout=40)
+            cycle = cycle_done(stack, started["id"])
+    assert cycle["status"] == "promoted", cycle
+    assert steps(cycle) == ["drift_detected", "retrained", "gated", "deployed", "canary",
+                            "promoted"]
+    assert "petal_length" in cycle["timeline"][0]["detail"]
+    times = [e["at"] for e in cycle["timeline"]]
+    assert times == sorted(times)
+    assert stable(entry) == cycle["version"] != before
+    with Client(stack.url("monitor")) as monitor:
+        firing = monitor.get("/alerts/active").json()["alerts"]
+    assert any(a["rule"] == "feature_drift" for a in firing), firing
     no_errors(traffic)
