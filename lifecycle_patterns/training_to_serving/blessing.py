@@ -103,12 +103,12 @@ def evaluate(candidate: OnnxModel, stable: OnnxModel | None, engine: sa.Engine, 
                     value=cand["accuracy"], bar=floor)
     else:
         verdict.add("vs_stable", True, "no stable model yet: nothing to compare with")
-    worst = min((c, r) for c, r in cand["recall"].items() if r is not None)[::-1]
+    worst = min(r for r in cand["recall"].values() if r is not None)
     low = {c: r for c, r in cand["recall"].items() if r is not None and r < bars.min_slice_recall}
     verdict.add("slices", not low,
                 f"recall per class {cand['recall']} vs MIN_SLICE_RECALL "
                 f"{bars.min_slice_recall}" + (f"; failing: {sorted(low)}" if low else ""),
-                value=worst[0], bar=bars.min_slice_recall)
+                value=worst, bar=bars.min_slice_recall)
     return verdict, X, cand["labels"]
 
 

@@ -38,6 +38,7 @@ from lifecycle_patterns.training_to_serving import blessing
 from lifecycle_patterns.training_to_serving.deployer import Deployer, DeploySettings
 from patternkit.db import make_engine
 from patternkit.monitor import save_reference
+from patternkit.predlog import stream_table
 from patternkit.service import (
     ApiError,
     ServiceState,
@@ -53,6 +54,8 @@ log = logging.getLogger("training_to_serving.controller")
 
 Status = Literal["running", "promoted", "rejected", "rolled_back", "failed"]
 CYCLES_KEPT = 100
+METADATA = sa.MetaData()
+LOG_TABLE = stream_table("training_to_serving", METADATA)  # the consumer's, the monitor reads
 
 
 class ControllerSettings(ServiceSettings):

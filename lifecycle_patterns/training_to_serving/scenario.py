@@ -21,7 +21,7 @@ DRIFT_CM = 2.5  # added to petal_length: the drift the monitor must see
 
 
 def sample_rows() -> list[list[float]]:
-    """Every 2nd iris row: 75 rows spread like the training data (PSI under 0.11 on every feature)."""
+    """Every 2nd iris row: 75 rows spread like the training data (PSI < 0.11 per feature)."""
     from sklearn.datasets import load_iris
 
     data = load_iris().data[::2]
