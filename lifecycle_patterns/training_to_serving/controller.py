@@ -68,6 +68,8 @@ class ControllerSettings(ServiceSettings):
     proxy_url: str = Field(..., description="the proxy: GET /services, PUT /rollout")
     log_dir: str = Field(..., description="where the predictors' logs go")
     reference_dir: str = Field(..., description="where the training distribution is written")
+    deploy_host: str = Field("127.0.0.1", description="the predictors bind and advertise this "
+                                                      "host: the controller's own name")
     model_name: str = Field(train.MODEL_NAME, description="the model in the repository")
     log_prefix: str = Field("training_to_serving", description="<prefix>_prediction_log")
     replicas: int = Field(2, ge=1, le=5, description="predictors per version")
@@ -388,7 +390,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             deployer = Deployer(DeploySettings(
                 cfg.repo_url, cfg.model_name, cfg.registry_url, cfg.registry_url,
-                cfg.log_prefix, Path(cfg.log_dir), cfg.registry_ttl_s))
+                cfg.log_prefix, Path(cfg.log_dir), cfg.registry_ttl_s, cfg.deploy_host))
             stack.push_async_callback(deployer.aclose)
             loop = Loop(cfg, engine, deployer, session)
             await asyncio.to_thread(loop.write_reference)

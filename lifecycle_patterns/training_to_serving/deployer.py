@@ -59,6 +59,7 @@ class DeploySettings:
     log_prefix: str
     log_dir: Path
     ttl_s: float
+    host: str = "127.0.0.1"  # bound and advertised: the controller's own host name
     grace_s: float = 5.0
 
 
@@ -76,6 +77,7 @@ class Deployer:
                     faults: dict[str, Any] | None = None) -> Member:
         self._n += 1
         port = free_port()
+        url = f"http://{self.cfg.host}:{port}"
         name = f"{role}-{version.replace('.', '-')}-{self._n}"
         env = {**os.environ, "SERVICE_NAME": "predictor", "INSTANCE_NAME": name,
                "MODEL_REPO_URL": self.cfg.repo_url, "MODEL_NAME": self.cfg.model_name,
@@ -84,16 +86,16 @@ class Deployer:
                "PREDICTION_LOG_PREFIX": self.cfg.log_prefix, "PREDICTION_LOG_RETRY_S": "1",
                "REGISTRY_URL": self.cfg.registry_url if register else "",
                "REGISTRY_TTL_S": str(self.cfg.ttl_s),
-               "ADVERTISE_URL": f"http://127.0.0.1:{port}"}
+               "ADVERTISE_URL": url}
         faults = {k: v for k, v in (faults or {}).items() if v}
         env.update({k.upper(): str(v) for k, v in faults.items()})
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.cfg.log_dir / f"{name}.log").open("ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "patternkit.serve", "patternkit.predictor:create_app",
-                 "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "2"],
+                 "--host", self.cfg.host, "--port", str(port), "--timeout-graceful-shutdown", "2"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        member = Member(name, version, role, f"http://127.0.0.1:{port}", popen, faults=faults)
+        member = Member(name, version, role, url, popen, faults=faults)
         self.members.append(member)
         log.info("started %s (version %s, pid %d)%s", name, version, popen.pid,
                  f" with faults {faults}" if faults else "")
