@@ -6,15 +6,21 @@ monitor's `feature_drift` alert fires after two windows and is posted to the con
 webhook, which retrains, gates, deploys and canaries the candidate until the guard promotes
 it; the timeline is printed with timestamps. Then a cycle by API whose predictors fail every
 third call (FAIL_MODE=every:3): it passes the gate, and the guard rolls its canary back.
-The last line counts what the clients saw. The helpers are shared with the tests.
+The last line counts what the clients saw; `training_to_serving.png` shows which version
+answered the clients second by second, with each cycle's steps marked. The helpers are shared
+with the tests.
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from patternkit.client import Client, Traffic, print_table, wait_until
+from patternkit import charts
+from patternkit.client import Client, Sent, Traffic, print_table, wait_until
 from patternkit.topology import Stack
 
 DRIFT_CM = 2.5  # added to petal_length: the drift the monitor must see
@@ -66,7 +72,44 @@ def timeline(cycle: dict[str, Any]) -> list[dict[str, Any]]:
              "detail": e["detail"][:110]} for e in cycle["timeline"]]
 
 
-def run(stack: Stack) -> list[dict[str, Any]]:
+MARKS = {"drift_detected": "#d62728", "canary": "#e6b800", "promoted": "#2ca02c",
+         "rolled_back": "#9467bd"}
+
+
+def draw(sent: list[Sent], cycles: list[dict[str, Any]], offset: float, path: Path,
+         bin_s: float = 0.5) -> Path | None:
+    """Replies per version in `bin_s` bins (wall-clock = monotonic + `offset`), the cycles'
+    drift, canary, promotion and rollback as vertical lines."""
+    def make() -> Any:
+        fig, (ax,) = charts.figure("Training-to-serving: which version answered, and why it "
+                                   "changed", (4.0,), width=11.0)
+        t0 = min(s.started for s in sent) + offset
+        versions = sorted({s.version or "error" for s in sent})
+        counts: dict[str, Counter[int]] = {v: Counter() for v in versions}
+        for s in sent:
+            counts[s.version or "error"][int((s.started + offset - t0) / bin_s)] += 1
+        bins = range(max(max(c, default=0) for c in counts.values()) + 1)
+        xs = [(b + 0.5) * bin_s for b in bins]  # each bin at its middle
+        ax.stackplot(xs, *[[counts[v][b] / bin_s for b in bins] for v in versions],
+                     labels=[f"version {v}" for v in versions], alpha=0.85)
+        for cycle in cycles:
+            for e in cycle["timeline"]:
+                if e["step"] in MARKS and e["at"] >= t0:
+                    ax.axvline(e["at"] - t0, color=MARKS[e["step"]], lw=1.4, ls="--")
+                    ax.annotate(f"{e['step']} {cycle['version'] or ''}", (e["at"] - t0, 0),
+                                xytext=(3, 4), textcoords="offset points", rotation=90,
+                                fontsize=8, color=MARKS[e["step"]])
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("replies per second")
+        ax.legend(loc="upper left", fontsize=8, framealpha=1)
+        return fig
+
+    return charts.picture(path, make)
+
+
+def run(stack: Stack, out: Path | None = None) -> list[dict[str, Any]]:
+    out = out or Path(stack.run_dir)
+    offset = time.time() - time.monotonic()
     url = stack.url()
     rows: list[dict[str, Any]] = []
     with Client(stack.url("controller")) as controller:
@@ -83,8 +126,10 @@ def run(stack: Stack) -> list[dict[str, Any]]:
             bad = start_cycle(controller, reason="a candidate whose predictors fail every "
                               "3rd call", canary_faults={"fail_mode": "every:3"})
             rows += timeline(bad)
+        cycles = [cycle, bad]
     print_table(rows)
     sent = [*normal.sent(), *drifted.sent(), *canary.sent()]
+    draw(sent, cycles, offset, out / "training_to_serving.png")
     failed = [*normal.failures(), *drifted.failures(), *canary.failures()]
     with Client(url) as proxy:
         found = proxy.get("/rollout").json()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from lifecycle_patterns.training_to_serving.scenario import alert_cycle, drifted_rows, sample_rows
@@ -184,3 +185,18 @@ def test_injected_drift_closes_the_loop_to_a_promotion_with_no_client_error(
         firing = monitor.get("/alerts/active").json()["alerts"]
     assert any(a["rule"] == "feature_drift" for a in firing), firing
     no_errors(traffic)
+
+
+def test_the_demo_draws_the_versions_over_time(tmp_path: Path) -> None:
+    from lifecycle_patterns.training_to_serving.scenario import draw
+    from patternkit.client import Sent
+    from patternkit.testing import check_picture
+
+    sent = [Sent(0, t / 10, t / 10 + 0.01, 200, "1.0.0" if t < 50 or t % 3 else "1.0.1",
+                 None) for t in range(100)]
+    cycles = [{"version": "1.0.1", "timeline": [
+        {"step": "drift_detected", "at": 1.0}, {"step": "canary", "at": 5.0},
+        {"step": "promoted", "at": 8.0}]}]
+    path = draw(sent, cycles, 0.0, tmp_path / "t.png")
+    assert path is not None
+    check_picture(path)
