@@ -75,6 +75,27 @@ def test_the_boot_version_serves_through_registered_predictors(stack: Stack,
     assert entry.post("/predict", json={"data": [[1.0, 2.0]]}).status_code == 422
 
 
+def test_bad_requests_get_clear_errors_and_change_nothing(stack: Stack, entry: Client) -> None:
+    before = entry.get("/rollout").json()
+    resp = entry.put("/rollout", json={"canary": "9.9.9"})
+    assert resp.status_code == 409 and "9.9.9" in resp.json()["message"]
+    resp = entry.put("/rollout", json={"weight": 50})
+    assert resp.status_code == 422 and "stable or a canary" in resp.json()["message"]
+    resp = entry.put("/rollout", json={"canary": before["stable"]})
+    assert resp.status_code == 409 and resp.json()["error"] == "already_stable"
+    assert entry.get("/rollout").json()["phase"] == before["phase"]
+    with controller(stack) as c:
+        resp = c.post("/cycles", json={"seed": -1})
+        assert resp.status_code == 422 and "seed" in resp.json()["message"]
+        resp = c.post("/cycles", json={"canary_faults": {"fail_mode": "sometimes"}})
+        assert resp.status_code == 422 and "fail_mode" in resp.json()["message"]
+        assert c.get("/cycles/999").status_code == 404
+        resp = c.post("/webhook", json={"alerts": [{"status": "firing",
+                                                    "labels": {"rule": "traffic_low"}}]})
+        assert resp.status_code == 202 and resp.json()["started"] is None  # not a trigger
+        assert len(c.get("/cycles").json()["cycles"]) == 1  # only the boot cycle
+
+
 def test_a_worse_candidate_is_rejected_at_the_gate_and_never_deployed(
         stack: Stack, entry: Client) -> None:
     before = stable(entry)
@@ -152,11 +173,11 @@ def test_a_killed_predictor_drops_out_after_the_ttl_with_no_client_error(
         killed = time.monotonic()
         os.kill(int(victim["pid"]), signal.SIGKILL)
         wait_until(lambda: victim["id"] not in {s["id"] for s in services(entry)["services"]},
-                   ttl + 5, 0.1, what=f"{victim['id']} out of the registry")
+                   ttl + 6, 0.1, what=f"{victim['id']} out of the registry")
         took = time.monotonic() - killed
         after = len(traffic.sent())
         wait_until(lambda: len(traffic.sent()) > after + 20, 10, what="traffic after")
-    assert took <= ttl + 2.5  # TTL plus one refresh of the proxy, and slack
+    assert took <= ttl + 4  # TTL plus one refresh of the proxy, and slack
     assert took >= ttl / 3  # not removed by a deregistration: the key expired
     assert services(entry)["versions"][version]  # the other replica serves
     no_errors(traffic)
