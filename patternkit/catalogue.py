@@ -80,6 +80,7 @@ ROLES: dict[str, str] = {
     "monitor": "evaluates rules over windows of the prediction log and posts alerts",
     "sink": "receives alerts (a webhook receiver) and lists them",
     "consumer": "reads a queue or stream (a consumer group) and writes what it reads to a store",
+    "controller": "closes a loop: takes alerts, starts training, gates, deploys, canaries, retires",
 }
 
 

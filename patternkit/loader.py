@@ -49,7 +49,13 @@ from patternkit.faults import Faults
 from patternkit.model_repository import LATEST, NAME_RE, VERSION_RE
 from patternkit.models import DEFAULT_DOMAIN, MANIFEST_FILE, MODEL_FILE, ModelError, OnnxModel
 from patternkit.oip import add_oip_routes
-from patternkit.predictor import ModelSlot, Resources, add_predict_route, prediction_log
+from patternkit.predictor import (
+    ModelSlot,
+    Resources,
+    add_predict_route,
+    prediction_log,
+    registration,
+)
 from patternkit.proxy import error_message, failure_cause
 from patternkit.service import ApiError, ServiceState, background, create_service, json_response
 from patternkit.settings import PredictorSettings
@@ -605,7 +611,8 @@ def create_loading_app(
         slot = ModelSlot()
         loader = ModelLoader(cfg, state, slot, on_load)
         try:
-            async with background(loader.startup()), prediction_log(cfg, state) as plog:
+            async with background(loader.startup()), prediction_log(cfg, state) as plog, \
+                    registration(cfg, state):
                 yield {"model": slot, "loader": loader, "plog": plog}
         finally:
             await loader.aclose()

@@ -55,6 +55,29 @@ class Resources(TypedDict):
 
 
 @asynccontextmanager
+async def registration(cfg: PredictorSettings, state: ServiceState) -> AsyncIterator[None]:
+    """With REGISTRY_URL: this server in the service registry (`patternkit.discovery`) while
+    it is ready, as `service:<INSTANCE_NAME>` with ADVERTISE_URL, its model and version."""
+    if not cfg.registry_url:
+        yield
+        return
+    from patternkit.discovery import registered
+
+    def describe() -> dict[str, object] | None:
+        if not state.ready:
+            return None
+        model = state.metadata.get("model") or {}
+        return {"url": cfg.advertise_url, "service": cfg.service_name,
+                "model": model.get("name") or cfg.model_name,
+                "version": state.model_version}
+
+    async with registered(cfg.registry_url, cfg.served_by, cfg.registry_ttl_s,
+                          describe) as reg:
+        state.metrics.computed("registry", reg.stats)
+        yield
+
+
+@asynccontextmanager
 async def prediction_log(
     cfg: PredictorSettings, state: ServiceState
 ) -> AsyncIterator[PredictionLog | None]:
@@ -199,7 +222,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[Resources]:
         slot = ModelSlot()
-        async with background(load(state, slot)), prediction_log(cfg, state) as plog:
+        async with background(load(state, slot)), prediction_log(cfg, state) as plog, \
+                registration(cfg, state):
             yield {"model": slot, "plog": plog}
 
     app = create_service(

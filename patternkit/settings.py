@@ -79,6 +79,12 @@ class PredictorSettings(PredictionLogSettings):
     # every prediction logged through patternkit.predlog (O4): PredictionLogSettings' fields
     prediction_log_prefix: str = Field("predictor", description="the log is "
                                                                 "<prefix>_prediction_log")
+    # a member of a service registry (patternkit.discovery): a heartbeat key with a TTL
+    registry_url: str = Field("", description="register in this Redis once ready (SET "
+                                              "service:<id> EX REGISTRY_TTL_S); empty: none")
+    registry_ttl_s: float = Field(3.0, ge=1, description="a member that stops beating drops "
+                                                         "out after this")
+    advertise_url: str = Field("", description="the URL registered for this server")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictorSettings:
