@@ -10,6 +10,7 @@ model registry: the best trial's exported model, its parameters and its held-out
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,9 +79,11 @@ def storage(url: str, attempts: int = 5, heartbeat_s: float | None = None,
         else {"pool_pre_ping": True}
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=heartbeat_s,
-                                              grace_period=grace_s)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                  heartbeat_interval=heartbeat_s,
+                                                  grace_period=grace_s)
         except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise

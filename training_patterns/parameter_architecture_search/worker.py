@@ -90,6 +90,9 @@ class SearchWorker:
             sampler=sampler(run["strategy"], run["seed"], slot), pruner=pruner(run["pruner"]))
 
         def objective(trial: optuna.Trial) -> float:
+            # the first beat now, not whenever Optuna's heartbeat thread first runs: a trial
+            # that never beat is never failed as stale, so its search would wait for ever
+            self.storage.record_heartbeat(trial._trial_id)
             trial.set_user_attr("worker", self.name)
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("slot", slot)
