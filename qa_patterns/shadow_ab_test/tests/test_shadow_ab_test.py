@@ -29,6 +29,10 @@ VIRGINICA = IRIS_ROWS[2][0]
 _ids = itertools.count(1)
 
 
+# B's injected delay and the mirror's deadline are kept by event-loop timers, which may fire
+# a fraction of a millisecond early: a latency floor they set has this margin
+EARLY_MS = 5
+
 def new_id(what: str) -> str:
     return f"{what}-{next(_ids)}-{time.monotonic_ns()}"
 
@@ -107,7 +111,7 @@ def test_the_client_gets_a_and_the_log_holds_a_a_prime_and_b_by_request_id(
     assert (a_row["model"], a_row["extra"]["shadow"]) == ("iris_lr", "mirrored")
     assert b_row["output"] == {k: direct_b.json()[k] for k in ("prediction", "probabilities")}
     assert (b_row["model"], b_row["extra"]["served_by"]) == ("iris_rf", "b")
-    assert b_row["latency_ms"] >= int(stack.proc("b").env["DELAY_MS"])
+    assert b_row["latency_ms"] >= int(stack.proc("b").env["DELAY_MS"]) - EARLY_MS
     assert (twin["model"], twin["extra"]["served_by"]) == ("iris_lr", "a_prime")
     assert twin["output"]["prediction"] == [2]
     assert b_row["input"] is None and twin["input"] is None  # the rows are on A's row only
@@ -178,7 +182,7 @@ def test_the_report_compares_b_with_a_against_the_noise_of_a_retrain(
     delay = int(stack.proc("b").env["DELAY_MS"])
     lat = report["latency"]
     assert lat["b"]["n"] == lat["a"]["n"] == 150
-    assert lat["b"]["p50_ms"] >= delay > 2 * lat["a"]["p50_ms"]
+    assert lat["b"]["p50_ms"] >= delay - EARLY_MS and delay > 2 * lat["a"]["p50_ms"]
     assert report["errors"]["b"] == {"calls": 150, "errors": 0, "rate": 0.0, "by_error": {}}
 
     later = proxy.get("/shadow/report", params={"since": "2999-01-01T00:00:00Z"}).json()
@@ -265,9 +269,9 @@ def test_a_slow_failing_b_leaves_the_clients_latency_as_without_a_shadow(
         assert report["compared_rows"] == 0
         failed = read_predictions(engine, TABLE_PREFIX, since=since, services=["b"])
         assert len(failed) == 40
-        assert all(r["output"] is None and r["extra"]["error"] == "backend_error"
-                   and "injected" in r["extra"]["reason"] and r["latency_ms"] >= delay
-                   for r in failed), failed[0]
+        for r in failed:
+            assert r["output"] is None and r["extra"]["error"] == "backend_error", r
+            assert "injected" in r["extra"]["reason"] and r["latency_ms"] >= delay - EARLY_MS, r
     finally:
         stack.restart("b", env={"FAIL_MODE": "none"})
 
