@@ -11,6 +11,8 @@ both, and `create_tables` is safe when several processes create the same tables 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -50,8 +52,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        # While another process switches a new file to WAL (kept in the file, so set only
+        # when it is not yet), SQLite answers "database is locked" without waiting the busy
+        # timeout: processes connecting at once try again, within that timeout
+        deadline = time.monotonic() + busy_ms / 1000
+        while True:
+            try:
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         cursor.close()
 
     return engine
