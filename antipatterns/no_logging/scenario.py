@@ -5,6 +5,7 @@ while the share of malignant answers more than doubles; only the logged stack ca
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,12 +68,14 @@ def side_by_side(stack: Stack, seed: int = 7, tag: str = "oa1", rps: float = 10.
     run = Run()
     clients = {s: Client(stack.url(s)) for s in STACKS}
     try:
-        mark, started, n = datetime.now(UTC), time.monotonic(), 0
+        # each request at least 1/rps after the one before: after a stall the pace picks up
+        # again rather than catching up in a burst (which would be traffic_high in its window)
+        mark, last = datetime.now(UTC), -math.inf
         for k, phase in enumerate(PHASES):
             for i in range(requests):
-                if (wait := started + n / rps - time.monotonic()) > 0:
+                if (wait := last + 1 / rps - time.monotonic()) > 0:
                     time.sleep(wait)
-                n += 1
+                last = time.monotonic()
                 batch = traffic.batch(rows, order=order(phase == "bug"))
                 for s, client in clients.items():
                     rid = f"{tag}-{s}-{k}-{i}"
