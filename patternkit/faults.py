@@ -1,10 +1,11 @@
 """Fault injection: deterministic slowness and failures for tests and demos.
 
-`DELAY_MS` adds an `await asyncio.sleep` per call; `FAIL_MODE` takes `none`, `always`,
-`first_n:N` (the first N calls fail), `every:N` (every Nth call fails: an error rate of exactly
-1/N, for statistical tests that must not depend on chance) or `rate:P` (each call fails with
-probability P). Patterns that are about failure (timeouts, breakers, retries, guards) are
-proven with these knobs.
+`DELAY_MS` adds an `await asyncio.sleep` per call (with `blocking`, a `time.sleep` that holds
+the whole process, as a CPU-bound model does, without needing a free core). `FAIL_MODE` takes
+`none`, `always`, `first_n:N` (the first N calls fail), `every:N` (every Nth call fails: an
+error rate of exactly 1/N, for statistical tests that must not depend on chance) or `rate:P`
+(each call fails with probability P). Patterns that are about failure (timeouts, breakers,
+retries, guards) are proven with these knobs.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ class Faults:
     delay_ms: int = 0
     mode: str = "none"
     threshold: float = 0.0
+    blocking: bool = False
     calls: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     @classmethod
-    def parse(cls, fail_mode: str, delay_ms: int = 0) -> Faults:
+    def parse(cls, fail_mode: str, delay_ms: int = 0, blocking: bool = False) -> Faults:
         """Parse FAIL_MODE; a malformed value is a ValueError naming the accepted forms."""
+        faults = cls._parse(fail_mode, delay_ms)
+        faults.blocking = blocking
+        return faults
+
+    @classmethod
+    def _parse(cls, fail_mode: str, delay_ms: int) -> Faults:
         text = (fail_mode or "none").strip().lower()
         name, _, arg = text.partition(":")
         try:
@@ -73,6 +81,8 @@ class Faults:
 
     async def apply(self) -> None:
         """Sleep DELAY_MS, then fail if FAIL_MODE says so (async services)."""
-        if self.delay_ms:
+        if self.delay_ms and self.blocking:
+            time.sleep(self.delay_ms / 1000)
+        elif self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         self.check()

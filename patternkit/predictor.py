@@ -187,7 +187,7 @@ def create_app(
     /ready and /metadata, and `POST /admin/load` swaps versions.
     """
     cfg = settings or PredictorSettings()
-    faults = Faults.parse(cfg.fail_mode, cfg.delay_ms)
+    faults = Faults.parse(cfg.fail_mode, cfg.delay_ms, cfg.delay_blocks)
     if cfg.model_repo_url:  # imported here: aiohttp costs every other predictor ~0.5 s
         from patternkit.loader import create_loading_app
 

@@ -62,6 +62,8 @@ class PredictorSettings(PredictionLogSettings):
     service_name: str = "predictor"
     model_path: str = Field("", description="model directory or .onnx file with a manifest")
     delay_ms: int = Field(0, ge=0, description="added latency per /predict call")
+    delay_blocks: bool = Field(False, description="DELAY_MS holds the process (a blocking "
+                               "sleep, as a CPU-bound model does) instead of yielding")
     fail_mode: str = Field("none", description="none | always | first_n:N | every:N | rate:P")
     load_delay_ms: int = Field(0, ge=0, description="extra time before /ready turns 200")
     # a model from a repository (O2): downloaded, verified and checked before it serves

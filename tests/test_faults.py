@@ -25,3 +25,27 @@ def test_modes() -> None:
 def test_bad_modes_name_the_accepted_forms(bad: str) -> None:
     with pytest.raises(ValueError, match="first_n:N"):
         Faults.parse(bad)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_blocking_delay_holds_the_event_loop_and_a_plain_one_yields(blocking: bool) -> None:
+    """Two calls at once: a yielding delay overlaps them; a blocking one runs them in turn
+    (counted by which started before the other ended, not by timing)."""
+    import asyncio
+
+    faults = Faults.parse("none", delay_ms=20, blocking=blocking)
+    events: list[str] = []
+
+    async def call(name: str) -> None:
+        events.append(f"{name} start")
+        await faults.apply()
+        events.append(f"{name} end")
+
+    async def both() -> None:
+        await asyncio.gather(call("a"), call("b"))
+
+    asyncio.run(both())
+    if blocking:
+        assert events == ["a start", "a end", "b start", "b end"]
+    else:
+        assert events == ["a start", "b start", "a end", "b end"]

@@ -77,13 +77,18 @@ class Oversized(threading.Thread):
 
 
 @contextmanager
-def slowed(stack: Stack, delay_ms: int, service: str = "solo") -> Iterator[None]:
-    """The predictor `service` restarted with DELAY_MS, then restored."""
-    stack.restart(service, env={"DELAY_MS": str(delay_ms)})
+def slowed(stack: Stack, delay_ms: int, *services: str, blocks: bool = False
+           ) -> Iterator[None]:
+    """The predictor `services` (default: solo) restarted with DELAY_MS (held, with `blocks`),
+    then restored."""
+    names = services or ("solo",)
+    for name in names:
+        stack.restart(name, env={"DELAY_MS": str(delay_ms), "DELAY_BLOCKS": str(blocks)})
     try:
         yield
     finally:
-        stack.restart(service, env={"DELAY_MS": "0"})
+        for name in names:
+            stack.restart(name, env={"DELAY_MS": "0", "DELAY_BLOCKS": "False"})
 
 
 def run(stack: Stack) -> list[dict[str, Any]]:

@@ -51,6 +51,9 @@ rps = "> 1"
 # capacity is gated on the closed loop, latency on the open loop (a closed loop's latency is
 # its own queue: on 2 shared cores it says more about the neighbours than about the server)
 SLOW_MS = 1500  # every call takes longer than the gate's p95: a certain FAIL
+HOLD_MS = 60  # each call holds its process this long: far more than the forest's own CPU
+SEGMENT_S = 1.5  # each side's turn in the comparison
+EARLY_MS = 5  # a timer may end a fraction of a millisecond early
 REPORT_KEYS = {"rps", "p50", "p95", "p99", "errors", "error_rate", "requests", "slo_pass",
                "checks", "closed", "open", "locust", "target", "tool"}
 _runs: dict[str, dict[str, Any]] = {}
@@ -175,29 +178,30 @@ def test_bad_input_gets_a_clear_4xx(entry: Client, body: object, status: int, na
     assert names in resp.json()["message"]
 
 
-def test_two_workers_serve_more_than_one_for_a_cpu_bound_model(
+def test_two_workers_serve_about_twice_one_when_each_call_holds_its_process(
     stack: Stack, tmp_path: Path, report: Callable[[str], None]
 ) -> None:
-    """Lenient on 2 shared cores: > 1.2x (2 processes of a forest that costs milliseconds of
-    CPU a batch), measured taking turns so both sides meet the same background load; a second
-    run only if the first falls short (best of two)."""
+    """Each call holds its predictor process HOLD_MS (DELAY_BLOCKS: a blocking sleep, as a
+    CPU-bound model holds its core, but without needing a free core on 2 shared ones). One
+    process then serves at most 1000/HOLD_MS calls a second, and 8 users keep two processes
+    both busy: about twice that, whatever else the machine runs. How far the real forest
+    scales on free cores is measured by the demo, not asserted."""
     from patternkit.loadtest import load_plan
 
     plan = load_plan(lenient_plan(tmp_path)).model_copy(deep=True)
     plan.closed.users = 8
-    ratios = []
-    for attempt in range(2):
-        sides = compare_workers(stack, plan, tmp_path / f"compare-{attempt}", rounds=2,
-                                segment_s=1.0)
-        one, two = sides["1 worker"], sides["2 workers"]
-        assert one["errors"] == two["errors"] == 0
-        ratios.append(two["rps"] / one["rps"])
-        report(f"closed loop, 8 users: 1 worker {one['rps']} req/s "
-               f"(CPU {one['cpu_ms_per_request']} ms/req), 2 workers {two['rps']} req/s "
-               f"(CPU {two['cpu_ms_per_request']} ms/req): {ratios[-1]:.2f}x")
-        if ratios[-1] > 1.2:
-            break
-    assert max(ratios) > 1.2, ratios
+    with slowed(stack, HOLD_MS, "solo", "predictor", blocks=True):
+        sides = compare_workers(stack, plan, tmp_path / "compare", rounds=2, segment_s=SEGMENT_S)
+    one, two = sides["1 worker"], sides["2 workers"]
+    assert one["errors"] == two["errors"] == 0
+    ratio = two["rps"] / one["rps"]
+    report(f"closed loop, 8 users, each call holding its process {HOLD_MS} ms: 1 worker "
+           f"{one['rps']} req/s, 2 workers {two['rps']} req/s: {ratio:.2f}x")
+    # one process, one held call at a time: a turn completes at most segment_s / HOLD_MS
+    # calls, plus the users' calls it sent just before its turn ended
+    assert one["rps"] <= (SEGMENT_S * 1000 / HOLD_MS + plan.closed.users) / SEGMENT_S
+    assert one["p50"] >= HOLD_MS - EARLY_MS and two["p50"] >= HOLD_MS - EARLY_MS
+    assert ratio > 1.5, ratio  # 2 at best; the forest's own CPU and the hop take the rest
 
 
 def test_a_slowed_predictor_fails_the_same_gate(
