@@ -81,8 +81,8 @@ class Faults:
 
     async def apply(self) -> None:
         """Sleep DELAY_MS, then fail if FAIL_MODE says so (async services)."""
-        if self.delay_ms and self.blocking:
-            time.sleep(self.delay_ms / 1000)
-        elif self.delay_ms:
+        if self.blocking:
+            return self.apply_sync()
+        if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         self.check()
